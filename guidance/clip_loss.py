@@ -1,0 +1,211 @@
+"""CLIP as a loss module: text and image targets embedded once, cutouts of the images scored against them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .clip_models import CLIPEncoder, check_images
+from .cutouts import MakeCutouts
+from .errors import InvalidInputError
+from .losses import DISTANCES, directional_loss
+from .prompts import Prompt, normalize, parse_prompts
+
+# The 80 prompt templates of the CLIP paper's ImageNet zero-shot evaluation.
+IMAGENET_TEMPLATES = tuple(open_clip.OPENAI_IMAGENET_TEMPLATES)
+
+CLIPModels = Union[CLIPEncoder, Sequence[CLIPEncoder], Sequence[tuple[CLIPEncoder, float]]]
+
+
+@dataclass(frozen=True)
+class ImagePrompt:
+    """An image used as a target like a text: BCHW or CHW tensor in [0, 1], with a weight and a stop."""
+
+    image: torch.Tensor
+    weight: float = 1.0
+    stop: float = -math.inf
+    label: str = "image"
+
+
+def as_ensemble(clip_models: CLIPModels) -> list[tuple[CLIPEncoder, float]]:
+    """Normalise one model, a list of models, or (model, weight) pairs to a list of (model, weight)."""
+    if isinstance(clip_models, CLIPEncoder):
+        return [(clip_models, 1.0)]
+    members = [m if isinstance(m, tuple) else (m, 1.0) for m in clip_models]
+    if not members:
+        raise InvalidInputError("CLIPLoss needs at least one CLIP model")
+    for model, weight in members:
+        if not isinstance(model, CLIPEncoder):
+            raise InvalidInputError(f"CLIPLoss takes models from load_clip(), got {type(model).__name__}")
+        if not math.isfinite(weight):
+            raise InvalidInputError(f"CLIP model weight must be finite, got {weight}")
+    return [(model, float(weight)) for model, weight in members]
+
+
+def default_cutouts(members: list[tuple[CLIPEncoder, float]], cutn: int = 32, **kwargs) -> MakeCutouts:
+    """Cutouts at the largest input side of the ensemble (smaller models resize inside encode_image)."""
+    return MakeCutouts(max(model.image_size for model, _ in members), cutn=cutn, **kwargs)
+
+
+def stopped(distances: torch.Tensor, weight: float, stop: float) -> torch.Tensor:
+    """Distances whose gradient is dropped once the signed distance `sign(weight) * d` falls below `stop`."""
+    if stop == -math.inf:
+        return distances
+    active = distances * math.copysign(1.0, weight) > stop
+    return torch.where(active, distances, distances.detach())
+
+
+class CLIPLoss(nn.Module):
+    """Weighted CLIP distance of images to text and image prompts, averaged over cutouts, summed over an ensemble.
+
+    Targets are embedded once at construction. `forward(images)` takes [0, 1] BCHW images and returns a scalar
+    (or per-image losses with `reduction='none'`); `last_losses` holds the latest per-prompt values, detached.
+    """
+
+    def __init__(self, clip_models: CLIPModels, prompts: str | Sequence[str | Prompt] = (),
+                 image_prompts: Sequence[ImagePrompt | torch.Tensor] = (), cutouts: MakeCutouts | None = None,
+                 distance: str = "spherical", normalize_weights: bool = False):
+        super().__init__()
+        self.members = as_ensemble(clip_models)
+        self.clip_models = nn.ModuleList(model for model, _ in self.members)
+        if distance not in DISTANCES:
+            raise InvalidInputError(f"unknown distance {distance!r}; choose one of {', '.join(DISTANCES)}")
+        self.distance = DISTANCES[distance]
+        text_prompts = self._text_prompts(prompts)
+        images = [p if isinstance(p, ImagePrompt) else ImagePrompt(p) for p in image_prompts]
+        if not text_prompts and not images:
+            raise InvalidInputError("CLIPLoss needs at least one text or image prompt, e.g. 'a red circle'")
+        if normalize_weights:
+            all_prompts = normalize(text_prompts + [Prompt(p.label, p.weight, p.stop) for p in images])
+            text_prompts = all_prompts[:len(text_prompts)]
+            images = [ImagePrompt(p.image, q.weight, q.stop, p.label) for p, q in zip(images, all_prompts[len(text_prompts):])]
+        self.prompts = [(p.text, p.weight, p.stop) for p in text_prompts] + [(p.label, p.weight, p.stop) for p in images]
+        self.cutouts = cutouts if cutouts is not None else default_cutouts(self.members)
+        for index, (model, _) in enumerate(self.members):
+            self.register_buffer(f"targets_{index}", self._embed_targets(model, text_prompts, images), persistent=False)
+        self.last_losses: dict[str, torch.Tensor] = {}
+
+    @staticmethod
+    def _text_prompts(prompts: str | Sequence[str | Prompt]) -> list[Prompt]:
+        """Parse prompt strings; keep Prompt objects as they are."""
+        if isinstance(prompts, str):
+            return parse_prompts(prompts)
+        parsed: list[Prompt] = []
+        for prompt in prompts:
+            parsed.extend([prompt] if isinstance(prompt, Prompt) else parse_prompts(prompt))
+        return parsed
+
+    @torch.no_grad()
+    def _embed_targets(self, model: CLIPEncoder, texts: list[Prompt], images: list[ImagePrompt]) -> torch.Tensor:
+        """One row per prompt: text embeddings, then image embeddings."""
+        rows = []
+        if texts:
+            rows.append(model.encode_text([p.text for p in texts]))
+        for prompt in images:
+            image = prompt.image.unsqueeze(0) if prompt.image.ndim == 3 else prompt.image
+            check_images(image)
+            rows.append(model.encode_image(image).mean(0, keepdim=True))
+        return F.normalize(torch.cat(rows), dim=-1)
+
+    def targets(self, index: int) -> torch.Tensor:
+        """The embedded targets for ensemble member `index`, one row per prompt."""
+        return getattr(self, f"targets_{index}")
+
+    def forward(self, images: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """Loss of [0, 1] BCHW images: scalar for 'mean'/'sum', shape (B,) for 'none'."""
+        check_images(images)
+        batch = images.shape[0]
+        cutouts = self.cutouts(images)
+        per_image = images.new_zeros(batch, dtype=torch.float32)
+        breakdown: dict[str, torch.Tensor] = {}
+        for index, (model, model_weight) in enumerate(self.members):
+            embeddings = model.encode_image(cutouts).view(-1, batch, 1, model.embed_dim)  # cutout-major
+            distances = self.distance(embeddings, self.targets(index))  # (cutn, B, P)
+            for column, (label, weight, stop) in enumerate(self.prompts):
+                per_prompt = stopped(distances[..., column], weight, stop).mean(0)  # (B,)
+                per_image = per_image + model_weight * weight * per_prompt
+                key = label if len(self.members) == 1 else f"{model.name}: {label}"
+                breakdown[key] = per_prompt.detach().mean()
+        self.last_losses = breakdown
+        return reduce(per_image, reduction)
+
+
+def reduce(per_image: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Apply a loss reduction: 'mean', 'sum' or 'none'."""
+    if reduction == "mean":
+        return per_image.mean()
+    if reduction == "sum":
+        return per_image.sum()
+    if reduction == "none":
+        return per_image
+    raise InvalidInputError(f"unknown reduction {reduction!r}; choose 'mean', 'sum' or 'none'")
+
+
+def template_embedding(model: CLIPEncoder, text: str, templates: Sequence) -> torch.Tensor:
+    """Mean unit embedding of `text` inserted into each template (callables or '{}' format strings)."""
+    texts = [t(text) if callable(t) else t.format(text) for t in templates]
+    return F.normalize(model.encode_text(texts).mean(0), dim=-1)
+
+
+class DirectionalCLIPLoss(nn.Module):
+    """DiffusionCLIP-style edit loss: the image's change must point along the source-to-target text direction.
+
+    The text direction is averaged over the CLIP paper's ImageNet prompt templates. With `cutouts`, edited and
+    source images are cropped with the same boxes; without, whole images are compared. `l1_weight` adds
+    `l1(edited, source)` for fidelity.
+    """
+
+    def __init__(self, clip_models: CLIPModels, source_image: torch.Tensor, source_text: str, target_text: str,
+                 cutouts: MakeCutouts | None = None, l1_weight: float = 0.0,
+                 templates: Sequence = IMAGENET_TEMPLATES):
+        super().__init__()
+        self.members = as_ensemble(clip_models)
+        self.clip_models = nn.ModuleList(model for model, _ in self.members)
+        source_image = source_image.unsqueeze(0) if source_image.ndim == 3 else source_image
+        check_images(source_image)
+        for label, text in (("source text", source_text), ("target text", target_text)):
+            if not isinstance(text, str) or not text.strip():
+                raise InvalidInputError(f"the {label} of a directional edit is empty; e.g. 'cat' -> 'dog'")
+        self.register_buffer("source_image", source_image.detach().clone(), persistent=False)
+        self.cutouts, self.l1_weight = cutouts, l1_weight
+        self.last_losses: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for index, (model, _) in enumerate(self.members):
+                direction = template_embedding(model, target_text, templates) - template_embedding(model, source_text, templates)
+                self.register_buffer(f"text_direction_{index}", F.normalize(direction, dim=-1), persistent=False)
+                self.register_buffer(f"source_embedding_{index}", model.encode_image(self.source_image), persistent=False)
+
+    def forward(self, images: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """Directional loss (+ L1 to the source) of edited [0, 1] BCHW images, same size as the source."""
+        check_images(images)
+        if images.shape[-2:] != self.source_image.shape[-2:]:
+            raise InvalidInputError(f"edited images are {tuple(images.shape[-2:])}, the source is "
+                                    f"{tuple(self.source_image.shape[-2:])}; they must match")
+        batch = images.shape[0]
+        source = self.source_image.expand(batch, -1, -1, -1)
+        if self.cutouts is not None:
+            boxes = self.cutouts.sample_boxes(images.shape[-2], images.shape[-1], self.cutouts.cutn, images.device)
+            edited_views, source_views = self.cutouts.crop(images, boxes), self.cutouts.crop(source, boxes)
+        per_image = images.new_zeros(batch, dtype=torch.float32)
+        for index, (model, model_weight) in enumerate(self.members):
+            direction = getattr(self, f"text_direction_{index}")
+            if self.cutouts is None:
+                edited, reference = model.encode_image(images), getattr(self, f"source_embedding_{index}")
+            else:
+                edited = model.encode_image(edited_views)
+                with torch.no_grad():
+                    reference = model.encode_image(source_views)
+            loss = directional_loss(reference, edited, torch.zeros_like(direction), direction)
+            per_image = per_image + model_weight * loss.view(-1, batch).mean(0)
+        self.last_losses = {"directional": per_image.detach().mean()}
+        if self.l1_weight:
+            l1 = (images - source).abs().mean(dim=(1, 2, 3))
+            self.last_losses["l1"] = l1.detach().mean()
+            per_image = per_image + self.l1_weight * l1
+        return reduce(per_image, reduction)

@@ -1,0 +1,93 @@
+"""Random cutouts of a batch of images, resized and augmented on the device in one batched call each."""
+
+from __future__ import annotations
+
+import kornia.augmentation as K
+import torch
+from kornia.geometry.transform import crop_and_resize
+from torch import nn
+
+from .errors import InvalidInputError
+
+AUGMENT_PRESETS = ("none", "light", "default")
+
+
+def build_augmentations(preset: str) -> nn.Module | None:
+    """The kornia augmentation stack for a preset: 'none', 'light' (flip, affine) or 'default' (the field's set)."""
+    if preset == "none":
+        return None
+    flip_affine = [
+        K.RandomHorizontalFlip(p=0.5),
+        K.RandomAffine(degrees=15, translate=0.1, p=0.8, padding_mode="border"),
+    ]
+    if preset == "light":
+        return K.AugmentationSequential(*flip_affine)
+    if preset == "default":
+        return K.AugmentationSequential(
+            *flip_affine,
+            K.RandomPerspective(distortion_scale=0.7, p=0.7),
+            K.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.1, p=0.7),
+            K.RandomErasing(scale=(0.1, 0.4), ratio=(0.3, 3.3), value=0.0, p=0.7),
+        )
+    raise InvalidInputError(f"unknown augmentation preset {preset!r}; choose one of {', '.join(AUGMENT_PRESETS)}")
+
+
+class MakeCutouts(nn.Module):
+    """`cutn` random square crops per image, side `rand() ** cut_pow * (max - min) + min`, resized to `cut_size`."""
+
+    def __init__(self, cut_size: int, cutn: int = 32, cut_pow: float = 1.0, min_size: int | None = None,
+                 max_size: int | None = None, augment: str = "default", noise: float = 0.1):
+        super().__init__()
+        if cutn < 1:
+            raise InvalidInputError(f"cutn must be at least 1, got {cutn}")
+        if cut_size < 1:
+            raise InvalidInputError(f"cut_size must be positive, got {cut_size}")
+        if cut_pow <= 0:
+            raise InvalidInputError(f"cut_pow must be positive, got {cut_pow}")
+        if min_size is not None and max_size is not None and min_size > max_size:
+            raise InvalidInputError(f"min_size {min_size} is larger than max_size {max_size}")
+        self.cut_size, self.cutn, self.cut_pow = cut_size, cutn, cut_pow
+        self.min_size, self.max_size, self.noise = min_size, max_size, noise
+        self.augment = augment
+        self.augmentations = build_augmentations(augment)
+
+    def size_bounds(self, height: int, width: int) -> tuple[int, int]:
+        """The smallest and largest crop side for an image of this size."""
+        short = min(height, width)
+        max_size = min(self.max_size or short, short)
+        min_size = min(self.min_size or min(short, self.cut_size), max_size)
+        return max(min_size, 1), max_size
+
+    def sample_boxes(self, height: int, width: int, count: int, device: torch.device) -> torch.Tensor:
+        """`count` random square boxes as (count, 4, 2) corner points (x, y), clockwise from top-left."""
+        min_size, max_size = self.size_bounds(height, width)
+        sizes = (torch.rand(count, device=device) ** self.cut_pow * (max_size - min_size + 1) + min_size).floor()
+        sizes = sizes.clamp(max=max_size)
+        x0 = (torch.rand(count, device=device) * (width - sizes + 1)).floor()
+        y0 = (torch.rand(count, device=device) * (height - sizes + 1)).floor()
+        x1, y1 = x0 + sizes - 1, y0 + sizes - 1
+        return torch.stack([torch.stack([x0, y0], -1), torch.stack([x1, y0], -1),
+                            torch.stack([x1, y1], -1), torch.stack([x0, y1], -1)], dim=1)
+
+    def crop(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Crop the same boxes from every image: (B, C, H, W) and (N, 4, 2) -> (N * B, C, S, S), cutout-major."""
+        batch, n = images.shape[0], boxes.shape[0]
+        repeated = images.unsqueeze(0).expand(n, *images.shape).reshape(n * batch, *images.shape[1:])
+        boxes = boxes.to(images.dtype).repeat_interleave(batch, dim=0)
+        return crop_and_resize(repeated, boxes, (self.cut_size, self.cut_size), mode="bilinear", align_corners=True)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Cutouts of a [0, 1] BCHW batch as one (cutn * B, C, cut_size, cut_size) batch, cutout-major."""
+        if images.ndim != 4:
+            raise InvalidInputError(f"MakeCutouts expects BCHW images, got shape {tuple(images.shape)}")
+        boxes = self.sample_boxes(images.shape[-2], images.shape[-1], self.cutn, images.device)
+        cutouts = self.crop(images, boxes)
+        if self.augmentations is not None:
+            cutouts = self.augmentations(cutouts)
+        if self.noise > 0 and self.augment != "none":
+            sigma = torch.rand(cutouts.shape[0], 1, 1, 1, device=cutouts.device, dtype=cutouts.dtype) * self.noise
+            cutouts = cutouts + sigma * torch.randn_like(cutouts)
+        return cutouts.clamp(0, 1)
+
+    def extra_repr(self) -> str:
+        return f"cut_size={self.cut_size}, cutn={self.cutn}, cut_pow={self.cut_pow}, augment={self.augment!r}"

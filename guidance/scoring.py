@@ -1,0 +1,37 @@
+"""Evaluation with CLIP: CLIP score and zero-shot classification with prompt ensembling."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .clip_loss import IMAGENET_TEMPLATES, template_embedding
+from .clip_models import CLIPEncoder
+from .errors import InvalidInputError
+
+
+@torch.no_grad()
+def clip_score(model: CLIPEncoder, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+    """CLIP score per (image, text) pair: `max(100 * cos(E_I, E_T), 0)`, shape (B,)."""
+    if isinstance(texts, str):
+        texts = [texts]
+    if len(texts) not in (1, images.shape[0]):
+        raise InvalidInputError(f"clip_score got {images.shape[0]} images and {len(texts)} texts; give one text or one per image")
+    cosine = (model.encode_image(images) * model.encode_text(list(texts))).sum(-1)
+    return (100 * cosine).clamp(min=0)
+
+
+@torch.no_grad()
+def zero_shot_classify(model: CLIPEncoder, images: torch.Tensor, labels: Sequence[str],
+                       templates: Sequence = IMAGENET_TEMPLATES) -> torch.Tensor:
+    """Class probabilities (B, L): each label's embedding is the mean over templates, logits scaled as trained."""
+    if isinstance(labels, str) or len(labels) < 2:
+        raise InvalidInputError("zero_shot_classify needs a list of at least two labels")
+    if not templates:
+        raise InvalidInputError("zero_shot_classify needs at least one template, e.g. ['a photo of a {}.']")
+    classes = torch.stack([template_embedding(model, label, templates) for label in labels])
+    scale = model.model.logit_scale.exp().float() if hasattr(model.model, "logit_scale") else 100.0
+    logits = scale * model.encode_image(images) @ classes.T
+    return F.softmax(logits, dim=-1)
