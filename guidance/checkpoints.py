@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from guidance.errors import InvalidInputError, ModelUnavailableError
+from guidance.network import HUB_HOST, host_reachable, offline_requested
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 CONNECT_TIMEOUT_S = 10.0
@@ -155,7 +156,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 
 
 def load_state_dict(path: str | Path, *, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read tensors and metadata from a `.safetensors` or torch (`.pt/.pth/.bin/.ckpt`) file without running pickled code."""
+    """Tensors and metadata of a `.safetensors` or torch (`.pt/.pth/.bin/.ckpt`) file, read without running pickles."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ModelUnavailableError(
@@ -179,7 +180,7 @@ def _storage_key(tensor: torch.Tensor) -> tuple[str, int]:
 
 
 def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, str]) -> None:
-    """Write tensors and string metadata to a safetensors file (copies shared or strided tensors, replaces atomically)."""
+    """Write tensors and string metadata to safetensors (shared/strided tensors copied, file replaced atomically)."""
     path = Path(path).expanduser()
     seen: set[tuple[str, int]] = set()
     tensors: dict[str, torch.Tensor] = {}
@@ -199,11 +200,6 @@ def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | Path, me
 
 class _FetchError(Exception):
     """One source could not deliver the file; the message says why in a few words."""
-
-
-def _offline() -> bool:
-    """Whether `HF_HUB_OFFLINE` asks us to stay off the network."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def _sha256(path: Path) -> str:
@@ -252,6 +248,8 @@ def _fetch_hub(source: str, destination: Path) -> None:
 def _fetch(source: str, target: Path, sha256: str | None) -> None:
     """Fetch one source into `target` via a `.part` file, checking the sha256 when it is known."""
     partial = target.with_name(target.name + ".part")
+    if not host_reachable(HUB_HOST if source.startswith("hf://") else source):
+        raise _FetchError("unreachable (offline?)")
     try:
         if source.startswith("hf://"):
             _fetch_hub(source, partial)
@@ -284,8 +282,8 @@ def cached_download(sources: Sequence[str], filename: str, *, sha256: str | None
             return target
         target.unlink()
         problems.append("the cached copy failed its sha256 check")
-    if _offline():
-        problems.append("HF_HUB_OFFLINE is set, so no download was tried")
+    if offline_requested():
+        problems.append("offline mode is set, so no download was tried")
     else:
         target.parent.mkdir(parents=True, exist_ok=True)
         for source in sources:

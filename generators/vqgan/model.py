@@ -1,0 +1,92 @@
+"""The VQGAN module: taming-compatible weights, plus the latent helpers VQGAN-CLIP optimises with."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from generators.vqgan.autograd import clamp_with_grad
+from generators.vqgan.blocks import Decoder, Encoder
+from generators.vqgan.config import VQGANConfig
+from generators.vqgan.quantize import GumbelQuantize, VectorQuantizer, quantize_straight_through
+from guidance.errors import InvalidInputError
+
+
+class VQGAN(nn.Module):
+    """A frozen taming VQGAN (VQModel or GumbelVQ) used as a differentiable image generator from a latent `z`.
+
+    Parameter names equal taming's, so `load_state_dict(strict=True)` accepts a taming state dict minus `loss.*`."""
+
+    def __init__(self, config: VQGANConfig) -> None:
+        super().__init__()
+        self.config = config
+        z_channels = config.ddconfig["z_channels"]
+        self.encoder = Encoder(**config.ddconfig)
+        self.decoder = Decoder(**config.ddconfig)
+        if config.gumbel:
+            self.quantize: VectorQuantizer | GumbelQuantize = GumbelQuantize(z_channels, config.embed_dim,
+                                                                             config.n_embed)
+        else:
+            self.quantize = VectorQuantizer(config.n_embed, config.embed_dim)
+        self.quant_conv = nn.Conv2d(z_channels, config.embed_dim, kernel_size=1)
+        self.post_quant_conv = nn.Conv2d(config.embed_dim, z_channels, kernel_size=1)
+        self.requires_grad_(False)
+        self.eval()
+
+    @property
+    def factor(self) -> int:
+        """Pixels per latent position along each side."""
+        return self.config.factor
+
+    @property
+    def embed_dim(self) -> int:
+        """Channels of the latent `z`."""
+        return self.config.embed_dim
+
+    @property
+    def n_embed(self) -> int:
+        """Number of codebook vectors."""
+        return self.config.n_embed
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """The (n_embed, embed_dim) codebook."""
+        return self.quantize.codebook
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """(channels, rows, columns) of the latent for an image of `height` x `width` pixels."""
+        if height <= 0 or width <= 0 or height % self.factor or width % self.factor:
+            raise InvalidInputError(
+                f"image size {width}x{height} must be positive multiples of {self.factor} for this VQGAN")
+        return self.embed_dim, height // self.factor, width // self.factor
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Continuous latent (before quantisation) of images BCHW in [0, 1]."""
+        return self.quant_conv(self.encoder(images * 2 - 1))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Images BCHW in [0, 1] from latent `z`, quantised straight-through so gradients reach `z`."""
+        quantized = quantize_straight_through(z, self.codebook)
+        images = self.decoder(self.post_quant_conv(quantized))
+        return clamp_with_grad((images + 1) / 2, 0.0, 1.0)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Same as `decode`, so the module can be wrapped (compile, DDP) as a latent-to-image function."""
+        return self.decode(z)
+
+    @torch.no_grad()
+    def clamp_latent_(self, z: torch.Tensor) -> torch.Tensor:
+        """Clamp `z` in place to the codebook's per-dimension range (call after each optimiser step)."""
+        codebook = self.codebook
+        low = codebook.amin(0).to(z.dtype).view(1, -1, 1, 1)
+        high = codebook.amax(0).to(z.dtype).view(1, -1, 1, 1)
+        return z.clamp_(low, high)
+
+    def random_latent(self, batch: int, height: int, width: int,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """Latent of codebook vectors at uniformly random indices, for `batch` images of `height` x `width` pixels."""
+        _, rows, columns = self.latent_shape(height, width)
+        device = generator.device if generator is not None else self.codebook.device
+        indices = torch.randint(self.n_embed, (batch, rows, columns), generator=generator, device=device)
+        return F.embedding(indices.to(self.codebook.device), self.codebook).permute(0, 3, 1, 2).contiguous()
