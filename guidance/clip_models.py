@@ -20,6 +20,7 @@ from torch import nn
 from .checkpoints import load_state_dict, save_state_dict
 from .errors import InvalidInputError, ModelUnavailableError
 from .network import HUB_HOST, host_reachable, hub_offline
+from .prompts import parse_prompt
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -66,6 +67,7 @@ class CLIPEncoder(nn.Module):
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Unit-norm embeddings of [0, 1] BCHW images (any size, differentiable w.r.t. the images)."""
+        check_images(images)  # before .to(), so a non-tensor gets the one-line error
         pixels = self.preprocess(images.to(self.device))
         return F.normalize(self.model.encode_image(pixels).float(), dim=-1)
 
@@ -108,6 +110,8 @@ def load_clip(name: str, pretrained: str | None = None, device: str | torch.devi
     random weights and downloads nothing.
     """
     device = torch.device(device) if device is not None else torch.device("cpu")
+    name = str(name) if isinstance(name, Path) else name  # a checkpoint path given as a Path
+    pretrained = str(pretrained) if isinstance(pretrained, Path) else pretrained
     if not isinstance(name, str) or not name.strip():
         raise InvalidInputError("CLIP model name is empty; give an open_clip architecture such as 'ViT-B-32'")
     name = name.strip()
@@ -129,8 +133,8 @@ def load_clip(name: str, pretrained: str | None = None, device: str | torch.devi
             encoder = _load_clip_file(Path(pretrained), architecture or name, f"{name}:{pretrained}", allow_pickle)
         else:
             _check_architecture(name, pretrained)
-            model, tokenizer = _create_open_clip(name, pretrained, cache_dir, f"{name}/{pretrained}")
-            encoder = _wrap(model, tokenizer, name if pretrained is None else f"{name}/{pretrained}")
+            model, tokenizer = _create_open_clip(name, pretrained, cache_dir, f"{name}:{pretrained}")
+            encoder = _wrap(model, tokenizer, name if pretrained is None else f"{name}:{pretrained}")
     return encoder.to(device)
 
 
@@ -206,7 +210,7 @@ def _wrap(model: nn.Module, tokenizer: Any, name: str, config: dict | None = Non
 
 def _config_of(name: str) -> dict | None:
     """The open_clip config of a named architecture, if it has one."""
-    arch = name.split("/")[0]
+    arch = name.split(":")[0]
     return open_clip.get_model_config(arch) if not arch.startswith("hf-hub:") else None
 
 
@@ -238,7 +242,12 @@ def _load_clip_file(path: Path, architecture: str | dict | None, label: str, all
     model, tokenizer = _create_open_clip(arch_name, None, None, label)
     model = model.float()
     state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as error:  # tensors whose shapes differ from the architecture's
+        mismatch = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), _first_line(error))
+        raise InvalidInputError(f"{path} does not match architecture {architecture or 'from its metadata'}: "
+                                f"{mismatch[:200]}") from None
     missing = [k for k in missing if not k.endswith("attn_mask")]
     if missing or unexpected:
         raise InvalidInputError(
@@ -247,3 +256,29 @@ def _load_clip_file(path: Path, architecture: str | dict | None, label: str, all
     mean = json.loads(metadata["image_mean"]) if "image_mean" in metadata else None
     std = json.loads(metadata["image_std"]) if "image_std" in metadata else None
     return _wrap(model, tokenizer, label, config, mean, std)
+
+
+def parse_clip_spec(spec: str) -> tuple[str, str | None, float]:
+    """Split `NAME[:PRETRAINED][:WEIGHT]` (e.g. `ViT-B-32:openai:0.5`, `RN50:weights.pt`, `shapes-tiny`).
+
+    The weight follows the prompt rule: a trailing number after a ':' that does not follow a digit.
+    """
+    prefix = "hf-hub:" if spec.startswith("hf-hub:") else ""
+    parsed = parse_prompt(spec[len(prefix):])
+    name, _, pretrained = parsed.text.partition(":")
+    if parsed.stop != float("-inf"):
+        raise InvalidInputError(f"CLIP model spec {spec!r} has too many ':' fields; use NAME[:PRETRAINED][:WEIGHT]")
+    if prefix and pretrained:
+        raise InvalidInputError(f"hf-hub models carry their own weights; drop ':{pretrained}' from {spec!r}")
+    return prefix + name.strip(), pretrained.strip() or None, parsed.weight
+
+
+def load_clip_ensemble(specs: Sequence[str], device: str | torch.device | None = None) -> list[tuple[CLIPEncoder, float]]:
+    """Load `NAME[:PRETRAINED][:WEIGHT]` specs as (model, weight) pairs for an ensemble."""
+    if not specs:
+        raise InvalidInputError("no CLIP model given; e.g. --clip-model ViT-B-32:openai")
+    members = []
+    for spec in specs:
+        name, pretrained, weight = parse_clip_spec(spec)
+        members.append((load_clip(name, pretrained, device), weight))
+    return members

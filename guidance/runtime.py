@@ -1,0 +1,83 @@
+"""Where and how a run executes: device choice, precision, seeds, and out-of-memory reports."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import secrets
+from typing import Iterator
+
+import torch
+
+from .errors import InvalidInputError, ToolkitError
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """The requested device, or the best available one: cuda, then mps, then cpu."""
+    if name in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InvalidInputError(f"unknown device {name!r}; use cpu, cuda, cuda:1, mps or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"device {name} asked for, but no CUDA GPU is visible; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InvalidInputError(f"device {name} does not exist; {torch.cuda.device_count()} CUDA GPU(s) visible")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidInputError("device mps asked for, but Apple MPS is not available; use --device cpu")
+    return device
+
+
+def check_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype for a precision name, refusing fp16 where it does not run."""
+    if precision not in PRECISIONS:
+        raise InvalidInputError(f"unknown precision {precision!r}; choose fp32, bf16 or fp16")
+    if precision == "fp16" and device.type == "cpu":
+        raise InvalidInputError("fp16 needs a GPU; on CPU use --precision bf16 or fp32")
+    return PRECISIONS[precision]
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """An autocast context for bf16/fp16, or a no-op for fp32."""
+    dtype = check_precision(precision, device)
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def resolve_seed(seed: int | None) -> int:
+    """The given seed, or a fresh random one (recorded so the run can be repeated)."""
+    if seed is None:
+        return secrets.randbelow(2**31)
+    if not 0 <= int(seed) < 2**63:
+        raise InvalidInputError(f"seed must be a non-negative integer, got {seed}")
+    return int(seed)
+
+
+_ALLOCATION = re.compile(r"Tried to allocate ([\d.]+ [KMGT]i?B)")
+
+
+@contextlib.contextmanager
+def explain_out_of_memory(what: str, suggestion: str) -> Iterator[None]:
+    """Turn an out-of-memory error into a one-line ToolkitError with the size asked for and a suggestion."""
+    try:
+        yield
+    except torch.OutOfMemoryError as error:
+        asked = _ALLOCATION.search(str(error))
+        amount = f" (tried to allocate {asked.group(1)})" if asked else ""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise ToolkitError(f"out of memory during {what}{amount}; {suggestion}") from None
+
+
+def prepare_device(device: torch.device) -> None:
+    """Per-device speed settings: flush denormal floats on CPU (they slow convolutions down many times)."""
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)

@@ -1,0 +1,130 @@
+"""What every pipeline shares: sizes, masks, progress videos, recipes and the CLI's error handling."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from guidance.errors import InvalidInputError, ToolkitError
+from guidance.images import load_image
+from guidance.runtime import PRECISIONS
+
+MAX_SIDE = 4096
+
+# Called during a run with (step, images in [0, 1]); returning True stops the run and keeps its last image.
+StepCallback = Callable[[int, torch.Tensor], bool | None]
+
+
+def parse_size(text: str | int | Sequence[int]) -> tuple[int, int]:
+    """`512` or `512x384` (width x height) as (width, height)."""
+    if isinstance(text, int):
+        width = height = text
+    elif isinstance(text, (tuple, list)) and len(text) == 2:
+        width, height = (int(v) for v in text)
+    else:
+        parts = str(text).lower().replace("*", "x").split("x")
+        try:
+            width, height = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+        except ValueError:
+            raise InvalidInputError(f"size {text!r} is not WIDTH or WIDTHxHEIGHT, e.g. 512 or 512x384") from None
+        if len(parts) > 2:
+            raise InvalidInputError(f"size {text!r} is not WIDTH or WIDTHxHEIGHT, e.g. 512 or 512x384")
+    if width <= 0 or height <= 0 or width > MAX_SIDE or height > MAX_SIDE:
+        raise InvalidInputError(f"size {width}x{height} is impossible; each side must be between 1 and {MAX_SIDE}")
+    return width, height
+
+
+def round_size(size: tuple[int, int], factor: int, model: str) -> tuple[int, int]:
+    """Round (width, height) down to multiples of the model's factor, with a notice when it changes."""
+    width, height = (side // factor * factor for side in size)
+    if width == 0 or height == 0:
+        raise InvalidInputError(f"size {size[0]}x{size[1]} is smaller than {model}'s factor {factor}; "
+                                f"use at least {factor}x{factor}")
+    if (width, height) != tuple(size):
+        warnings.warn(f"size {size[0]}x{size[1]} rounded down to {width}x{height} (a multiple of {factor} for {model})",
+                      stacklevel=2)
+    return width, height
+
+
+def load_mask(path: str | Path, size: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """A (1, 1, H, W) mask in [0, 1] from an image file (white = region to change); must match `size`."""
+    mask = load_image(path, mode="L")
+    if tuple(mask.shape[-2:][::-1]) != tuple(size):
+        raise InvalidInputError(f"mask {path} is {mask.shape[-1]}x{mask.shape[-2]} but the image is {size[0]}x{size[1]}; "
+                                "draw the mask on the same image at the same size")
+    if mask.max() <= 0:
+        raise InvalidInputError(f"mask {path} is all black, so nothing would change; paint the region to edit white")
+    return mask.to(device)
+
+
+def fit_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize a (1, C, H, W) image to (width, height), antialiased."""
+    if tuple(image.shape[-2:]) == (size[1], size[0]):
+        return image
+    return F.interpolate(image, size=(size[1], size[0]), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+
+
+def frame_of(images: torch.Tensor) -> np.ndarray:
+    """The first image as an HxWx3 uint8 array (one device-to-host copy)."""
+    return (images[0].detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def write_video(frames: Sequence[np.ndarray], path: str | Path, fps: int = 10) -> Path:
+    """Write progress frames as an mp4 (ffmpeg) or a gif, chosen by the file extension."""
+    path = Path(path)
+    if not frames:
+        raise InvalidInputError("no frames to write; use a smaller --save-every")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".gif":
+        iio.imwrite(path, np.stack(frames), duration=1000 / fps, loop=0)
+    elif path.suffix.lower() in (".mp4", ".webm", ".mkv"):
+        even = [f[: f.shape[0] // 2 * 2, : f.shape[1] // 2 * 2] for f in frames]  # codecs want even sides
+        iio.imwrite(path, np.stack(even), fps=fps, codec="libx264" if path.suffix.lower() == ".mp4" else None,
+                    macro_block_size=1)
+    else:
+        raise InvalidInputError(f"video {path} must end in .mp4, .webm, .mkv or .gif")
+    return path
+
+
+def command_line(module: str, argv: Sequence[str]) -> str:
+    """The shell command that reproduces a CLI run."""
+    return " ".join(["python", "-m", module, *map(shlex.quote, argv)])
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every pipeline CLI shares: output, seed, device, precision, video and saving."""
+    parser.add_argument("-o", "--output", default="output.png", help="output PNG (default: output.png)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one, stored in the PNG)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: best available)")
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32",
+                        help="autocast precision for the models (bf16/fp16 save memory and time on GPUs)")
+    parser.add_argument("--save-every", type=int, default=50, help="save the current image every N steps (0: only at the end)")
+    parser.add_argument("--video", default=None, help="also write the progress as a video (.mp4 or .gif)")
+
+
+def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
+    """Run a CLI main: user errors print one line and exit 2, never a traceback."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return main(argv)
+    except ToolkitError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def clean_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
+    """Drop unset values from a recipe so the PNG chunks list only what was used."""
+    return {key: value for key, value in recipe.items() if value is not None and value != []}
