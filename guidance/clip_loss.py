@@ -86,6 +86,9 @@ class CLIPLoss(nn.Module):
             text_prompts = all_prompts[:len(text_prompts)]
             images = [ImagePrompt(p.image, q.weight, q.stop, p.label) for p, q in zip(images, all_prompts[len(text_prompts):])]
         self.prompts = [(p.text, p.weight, p.stop) for p in text_prompts] + [(p.label, p.weight, p.stop) for p in images]
+        labels = unique_labels([label for label, _, _ in self.prompts])  # one last_losses entry per prompt
+        self.prompts = [(label, weight, stop) for label, (_, weight, stop) in zip(labels, self.prompts)]
+        self.member_labels = unique_labels([model.name for model, _ in self.members])
         self.cutouts = cutouts if cutouts is not None else default_cutouts(self.members)
         for index, (model, _) in enumerate(self.members):
             self.register_buffer(f"targets_{index}", self._embed_targets(model, text_prompts, images), persistent=False)
@@ -130,10 +133,20 @@ class CLIPLoss(nn.Module):
             for column, (label, weight, stop) in enumerate(self.prompts):
                 per_prompt = stopped(distances[..., column], weight, stop).mean(0)  # (B,)
                 per_image = per_image + model_weight * weight * per_prompt
-                key = label if len(self.members) == 1 else f"{model.name}: {label}"
+                key = label if len(self.members) == 1 else f"{self.member_labels[index]}: {label}"
                 breakdown[key] = per_prompt.detach().mean()
         self.last_losses = breakdown
         return reduce(per_image, reduction)
+
+
+def unique_labels(labels: Sequence[str]) -> list[str]:
+    """Labels made distinct by numbering repeats: ['image', 'image'] -> ['image', 'image #2']."""
+    seen: dict[str, int] = {}
+    unique = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        unique.append(label if seen[label] == 1 else f"{label} #{seen[label]}")
+    return unique
 
 
 def reduce(per_image: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -178,6 +191,9 @@ class DirectionalCLIPLoss(nn.Module):
         with torch.no_grad():
             for index, (model, _) in enumerate(self.members):
                 direction = template_embedding(model, target_text, templates) - template_embedding(model, source_text, templates)
+                if direction.norm() < 1e-6:
+                    raise InvalidInputError(f"source text {source_text!r} and target text {target_text!r} embed the same "
+                                            "for CLIP, so there is no edit direction; give two different texts")
                 self.register_buffer(f"text_direction_{index}", F.normalize(direction, dim=-1), persistent=False)
                 self.register_buffer(f"source_embedding_{index}", model.encode_image(self.source_image), persistent=False)
 

@@ -90,7 +90,7 @@ class CLIPEncoder(nn.Module):
 
 
 def check_images(images: torch.Tensor) -> None:
-    """Raise a one-line InvalidInputError unless images is a float BCHW tensor with 1 or 3 channels."""
+    """Raise a one-line InvalidInputError unless images is a float BCHW tensor with 3 channels."""
     if not isinstance(images, torch.Tensor):
         raise InvalidInputError(f"images must be a torch.Tensor, got {type(images).__name__}")
     if images.ndim != 4 or images.shape[1] != 3:

@@ -61,8 +61,12 @@ def save_png(image: Image.Image | torch.Tensor, path: str | Path, recipe: dict[s
 
 def read_recipe(path: str | Path) -> dict[str, Any]:
     """The recipe stored in a PNG by save_png."""
-    with Image.open(path) as image:
-        text = image.text.get(RECIPE_KEY) if hasattr(image, "text") else None
+    try:
+        with Image.open(path) as image:
+            text = image.text.get(RECIPE_KEY) if hasattr(image, "text") else None
+    except (UnidentifiedImageError, OSError) as error:
+        raise InvalidInputError(f"cannot read a recipe from {path} ({type(error).__name__}); pass a PNG written by "
+                                "this toolkit") from None
     if text is None:
         raise InvalidInputError(f"{path} carries no recipe; only PNGs written by this toolkit do")
     return json.loads(text)
