@@ -29,7 +29,7 @@ from guidance.cutouts import AUGMENT_PRESETS, MakeCutouts
 from guidance.errors import InvalidInputError
 from guidance.images import load_image, save_png, tensor_to_pil
 from guidance.prompts import parse_prompt, parse_prompts
-from guidance.runtime import autocast, explain_out_of_memory, pick_device, prepare_device, resolve_seed
+from guidance.runtime import autocast, check_precision, explain_out_of_memory, pick_device, prepare_device, resolve_seed
 from pipelines.common import (StepCallback, add_runtime_arguments, clean_recipe, command_line, fit_image, frame_of,
                               load_mask, parse_size, round_size, run_cli, write_video)
 
@@ -77,6 +77,7 @@ class VQGANCLIPPipeline:
                  precision: str = "fp32", save_every: int = 50, callback: StepCallback | None = None,
                  progress: bool = True) -> VQGANCLIPOutput:
         """Generate (or edit) one image; returns it with its history. Ctrl-C ends early and keeps the last image."""
+        check_precision(precision, self.device)
         settings = self._check_settings(prompt, steps, lr, optimizer, cutn, cut_pow, augment, init_image, mask,
                                         source_text, image_prompts)
         seed = resolve_seed(seed)

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from generators.vqgan import VQGAN, parse_config, save_vqgan, tiny_vqgan_config
-from guidance import ImagePrompt, InvalidInputError, load_clip, read_recipe, save_clip
+from guidance import ImagePrompt, InvalidInputError, ToolkitError, load_clip, read_recipe, save_clip
 from pipelines.common import run_cli, write_video
 from pipelines.vqgan_clip import VQGANCLIPPipeline, main
 
@@ -229,3 +229,22 @@ def test_ctrl_c_saves_the_current_image(model_files, tmp_path):
     recipe = read_recipe(output)
     assert recipe["interrupted"] is True and 0 < recipe["steps_done"] < 100000
     assert "Traceback" not in err
+
+
+def test_out_of_memory_names_the_size_asked_for_and_a_fix(pipe, monkeypatch):
+    def exhausted(z):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.50 GiB (GPU 0; 8.00 GiB total)")
+
+    monkeypatch.setattr(pipe.vqgan, "decode", exhausted)
+    with pytest.raises(ToolkitError) as error:
+        pipe("a red circle", size=64, steps=2, cutn=8, progress=False, save_every=0)
+    message = str(error.value)
+    assert "2.50 GiB" in message and "64x64" in message and "--size 48x48" in message and "--cutn 4" in message
+    assert "\n" not in message
+
+
+def test_bf16_runs_on_cpu_and_fp16_is_refused(pipe):
+    out = pipe("a red circle", size=32, steps=2, cutn=2, precision="bf16", progress=False, save_every=0)
+    assert out.images[0].size == (32, 32) and np.isfinite(out.history[-1]["loss"])
+    with pytest.raises(InvalidInputError, match="fp16 needs a GPU"):
+        pipe("a red circle", size=32, steps=1, precision="fp16", progress=False)
