@@ -13,8 +13,8 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
+from guidance.clip_models import check_images
 from guidance.errors import InvalidInputError, ToolkitError
 from guidance.images import load_image
 from guidance.runtime import PRECISIONS
@@ -65,6 +65,36 @@ def load_mask(path: str | Path, size: tuple[int, int], device: torch.device) -> 
     if mask.max() <= 0:
         raise InvalidInputError(f"mask {path} is all black, so nothing would change; paint the region to edit white")
     return mask.to(device)
+
+
+def as_mask(mask: str | Path | torch.Tensor | None, size: tuple[int, int], device: torch.device) -> torch.Tensor | None:
+    """The edit mask (a file or a tensor; 1 = change) as (1, 1, H, W) on the device, checked against `size`."""
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor):
+        return load_mask(mask, size, device)
+    mask = mask.reshape(1, 1, *mask.shape[-2:]).float()
+    if tuple(mask.shape[-2:]) != (size[1], size[0]):
+        raise InvalidInputError(f"mask is {mask.shape[-1]}x{mask.shape[-2]} but the image is {size[0]}x{size[1]}")
+    return mask.to(device)
+
+
+InitImages = str | Path | torch.Tensor | Sequence[str | Path]
+
+
+def load_init_images(init_image: InitImages | None, size: tuple[int, int], device: torch.device) -> torch.Tensor | None:
+    """Init image(s) (a tensor, a file, or several files) as one (B, 3, H, W) batch on the device at `size`."""
+    if init_image is None:
+        return None
+    if isinstance(init_image, torch.Tensor):
+        images = [init_image.unsqueeze(0) if init_image.ndim == 3 else init_image]
+        check_images(images[0])
+    else:
+        paths = [init_image] if isinstance(init_image, (str, Path)) else list(init_image)
+        if not paths:
+            raise InvalidInputError("init_image is an empty list; give at least one image")
+        images = [load_image(path) for path in paths]
+    return torch.cat([fit_image(image.float(), size) for image in images]).to(device)
 
 
 def fit_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

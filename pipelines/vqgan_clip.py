@@ -30,8 +30,8 @@ from guidance.errors import InvalidInputError
 from guidance.images import load_image, save_png, tensor_to_pil
 from guidance.prompts import parse_prompt, parse_prompts
 from guidance.runtime import autocast, check_precision, explain_out_of_memory, pick_device, prepare_device, resolve_seed
-from pipelines.common import (StepCallback, add_runtime_arguments, clean_recipe, command_line, fit_image, frame_of,
-                              load_mask, parse_size, round_size, run_cli, write_video)
+from pipelines.common import (StepCallback, add_runtime_arguments, as_mask, clean_recipe, command_line, frame_of,
+                              load_init_images, parse_size, round_size, run_cli, write_video)
 
 DEFAULT_CLIP = "ViT-B-32:openai"
 DEFAULT_VQGAN = "vqgan_imagenet_f16_16384"
@@ -85,8 +85,10 @@ class VQGANCLIPPipeline:
         width, height = round_size(parse_size(size), self.vqgan.factor, self.vqgan_name)
         torch.manual_seed(seed)
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        init = self._init_image(init_image, (width, height))
-        mask_tensor = self._mask(mask, (width, height))
+        init = load_init_images(init_image, (width, height), self.device)
+        if init is not None and init.shape[0] != 1:
+            raise InvalidInputError(f"VQGAN-CLIP edits one image at a time, got {init.shape[0]}")
+        mask_tensor = as_mask(mask, (width, height), self.device)
         fidelity = init_weight if init_weight is not None else (1.0 if source_text else 0.0)
         cutouts = MakeCutouts(max(m.image_size for m, _ in self.clip_models), cutn=cutn, cut_pow=cut_pow,
                               augment="none" if source_text else augment)
@@ -186,25 +188,6 @@ class VQGANCLIPPipeline:
         parsed = parse_prompt(prompt)
         image = load_image(parsed.text).to(self.device)
         return ImagePrompt(image, parsed.weight, parsed.stop, label=Path(parsed.text).name)
-
-    def _init_image(self, init_image: str | Path | torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor | None:
-        """The init image on the device at the output size."""
-        if init_image is None:
-            return None
-        image = init_image if isinstance(init_image, torch.Tensor) else load_image(init_image)
-        image = image.unsqueeze(0) if image.ndim == 3 else image
-        return fit_image(image.float(), size).to(self.device)
-
-    def _mask(self, mask: str | Path | torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor | None:
-        """The edit mask on the device (1 = change), at the output size."""
-        if mask is None:
-            return None
-        if isinstance(mask, torch.Tensor):
-            mask = mask.view(1, 1, *mask.shape[-2:]).float()
-            if tuple(mask.shape[-2:]) != (size[1], size[0]):
-                raise InvalidInputError(f"mask is {mask.shape[-1]}x{mask.shape[-2]} but the image is {size[0]}x{size[1]}")
-            return mask.to(self.device)
-        return load_mask(mask, size, self.device)
 
 
 def build_parser() -> argparse.ArgumentParser:

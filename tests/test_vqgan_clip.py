@@ -18,21 +18,19 @@ import torch
 from PIL import Image
 
 from generators.vqgan import VQGAN, parse_config, save_vqgan, tiny_vqgan_config
-from guidance import ImagePrompt, InvalidInputError, ToolkitError, load_clip, read_recipe, save_clip
+from guidance import ImagePrompt, InvalidInputError, ToolkitError, read_recipe, save_clip
 from pipelines.common import run_cli, write_video
 from pipelines.vqgan_clip import VQGANCLIPPipeline, main
 
-TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
-             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2}}
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def model_files(tmp_path_factory) -> dict[str, str]:
+def model_files(tmp_path_factory, tiny_clip) -> dict[str, str]:
     """A tiny CLIP and a tiny VQGAN (factor 2) saved as safetensors files."""
     folder = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
-    save_clip(load_clip("tiny", architecture=TINY_CLIP), folder / "clip.safetensors")
+    save_clip(tiny_clip, folder / "clip.safetensors")
     save_vqgan(VQGAN(parse_config(tiny_vqgan_config())), folder / "vqgan.safetensors")
     return {"clip": str(folder / "clip.safetensors"), "vqgan": str(folder / "vqgan.safetensors")}
 

@@ -1,0 +1,34 @@
+"""Diffusers models for CLIP guidance: pixel (google/ddpm-*) and latent text-conditioned (Stable Diffusion 1.x/2.x)."""
+
+from generators.diffusion.configs import character_tokenizer, random_latent_model, random_pixel_model
+from generators.diffusion.finetune import finetune_unet
+from generators.diffusion.guidance import clamp_rms, guided_eps
+from generators.diffusion.loading import BUILTIN_DIFFUSION_MODELS, load_diffusion, save_diffusion
+from generators.diffusion.models import DiffusionModel, LatentDiffusion, PixelDiffusion, TextCondition
+from generators.diffusion.sampling import (SCHEDULERS, ddim_invert, ddim_move, ddim_sample, final_alpha, make_scheduler,
+                                           previous_timestep, scheduler_step, spaced_timesteps)
+
+__all__ = [
+    "BUILTIN_DIFFUSION_MODELS",
+    "DiffusionModel",
+    "LatentDiffusion",
+    "PixelDiffusion",
+    "SCHEDULERS",
+    "TextCondition",
+    "character_tokenizer",
+    "clamp_rms",
+    "ddim_invert",
+    "ddim_move",
+    "ddim_sample",
+    "final_alpha",
+    "finetune_unet",
+    "guided_eps",
+    "load_diffusion",
+    "make_scheduler",
+    "previous_timestep",
+    "random_latent_model",
+    "random_pixel_model",
+    "save_diffusion",
+    "scheduler_step",
+    "spaced_timesteps",
+]
