@@ -22,7 +22,7 @@ LOCAL_FILES_HINT = ("pass local files: --vqgan path/to/last.ckpt --vqgan-config 
                     "(python: load_vqgan('path/to/last.ckpt', config='path/to/model.yaml'))")
 
 # Models shipped inside the package: name -> .safetensors file holding its config in the metadata.
-BUILTIN_VQGANS: dict[str, Path] = {}
+BUILTIN_VQGANS: dict[str, Path] = {"shapes-tiny": Path(__file__).parents[1] / "weights" / "shapes-tiny-vqgan.safetensors"}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,432 @@
+"""A synthetic world of coloured shapes with captions, for training and testing CLIP offline.
+
+Every image shows one shape of one colour at one position and size over a muted background.
+Sampling is seeded per item, so item ``i`` of a dataset with seed ``s`` is the same everywhere.
+A fixed set of (colour, shape) pairs is held out of training to test compositional zero-shot.
+Part of the training stream shows shapes in unnamed colours (hues far from every named colour) with
+colour-free captions, so that shape features must not depend on colour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import colorsys
+import csv
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch.utils.data import Dataset
+
+from guidance.errors import InvalidInputError
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 50),
+    "blue": (35, 70, 225),
+    "yellow": (245, 220, 30),
+    "orange": (250, 140, 20),
+    "purple": (140, 45, 185),
+    "white": (250, 250, 250),
+    "black": (12, 12, 12),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
+POSITIONS: dict[str, tuple[float, float]] = {
+    "centre": (0.5, 0.5),
+    "left": (0.25, 0.5),
+    "right": (0.75, 0.5),
+    "top": (0.5, 0.25),
+    "bottom": (0.5, 0.75),
+}
+POSITION_PHRASES: dict[str, str] = {
+    "centre": "in the centre",
+    "left": "on the left",
+    "right": "on the right",
+    "top": "at the top",
+    "bottom": "at the bottom",
+}
+SIZES: dict[str, float] = {"small": 0.11, "large": 0.22}
+BACKGROUND_KINDS: tuple[str, ...] = ("plain", "gradient", "noise")
+CANONICAL_BACKGROUND: tuple[int, int, int] = (128, 128, 128)
+
+HELD_OUT_PAIRS: tuple[tuple[str, str], ...] = (
+    ("red", "triangle"),
+    ("green", "star"),
+    ("blue", "circle"),
+    ("yellow", "square"),
+    ("purple", "star"),
+    ("white", "triangle"),
+)
+
+CAPTION_TEMPLATES: tuple[str, ...] = (
+    "a {colour} {shape}",
+    "a {size} {colour} {shape}",
+    "a {colour} {shape} {where}",
+    "a {size} {colour} {shape} {where}",
+    "a photo of a {colour} {shape}",
+    "a picture of a {size} {colour} {shape}",
+    "a drawing of a {colour} {shape} {where}",
+    "{colour} {shape}",
+    "a {colour} shape",
+    "a {shape}",
+)
+# Captions for shapes in unnamed colours: no colour word.
+SHAPE_ONLY_TEMPLATES: tuple[str, ...] = (
+    "a {shape}",
+    "a {size} {shape}",
+    "a {shape} {where}",
+    "a photo of a {size} {shape} {where}",
+    "a drawing of a {shape}",
+)
+OTHER_COLOUR_RATE = 0.5
+MIN_HUE_DISTANCE = 30.0 / 360.0
+BACKGROUND_GREY_RANGE = (0.15, 0.85)
+MIN_CONTRAST = 100.0
+OUTLINE_WIDTH = 0.0
+OUTLINE_COLOUR = (40, 40, 40)
+# Zero-shot prompt templates; labels carry their article ("an orange star"), see pair_labels().
+PROMPT_TEMPLATES: tuple[str, ...] = ("{}", "a photo of {}", "a picture of {}", "a drawing of {}")
+SPLITS: tuple[str, ...] = ("train", "held_out", "all")
+
+
+@dataclass(frozen=True)
+class Background:
+    """A muted background: plain colour, linear gradient from ``colour`` to ``colour_b``, or noisy colour."""
+
+    kind: str = "plain"
+    colour: tuple[int, int, int] = CANONICAL_BACKGROUND
+    colour_b: tuple[int, int, int] = CANONICAL_BACKGROUND
+    angle: float = 0.0
+    noise: float = 0.0
+
+
+@dataclass(frozen=True)
+class ShapeSpec:
+    """Everything that determines one image of the world (jitter aside)."""
+
+    colour: str | tuple[int, int, int]
+    shape: str
+    position: str = "centre"
+    size: str = "large"
+    background: Background = Background()
+
+
+def held_out_pairs() -> tuple[tuple[str, str], ...]:
+    """The (colour, shape) pairs never shown in training."""
+    return HELD_OUT_PAIRS
+
+
+def pairs_for_split(split: str) -> list[tuple[str, str]]:
+    """The (colour, shape) pairs a split draws from: ``train``, ``held_out`` or ``all``."""
+    if split not in SPLITS:
+        raise InvalidInputError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    every = [(c, s) for c in COLOURS for s in SHAPES]
+    if split == "all":
+        return every
+    held = set(HELD_OUT_PAIRS)
+    return [p for p in every if (p in held) == (split == "held_out")]
+
+
+def _check_vocab(colour: str | tuple[int, int, int], shape: str, position: str, size: str) -> None:
+    if not isinstance(colour, str) and (len(colour) != 3 or not all(0 <= int(v) <= 255 for v in colour)):
+        raise InvalidInputError(f"colour {colour!r} is neither a colour name nor an RGB triple in 0..255")
+    for word, vocab, what in (
+        (colour if isinstance(colour, str) else "red", COLOURS, "colour"),
+        (shape, SHAPES, "shape"),
+        (position, POSITIONS, "position"),
+        (size, SIZES, "size"),
+    ):
+        if word not in vocab:
+            raise InvalidInputError(f"unknown {what} {word!r}; use one of {', '.join(vocab)}")
+
+
+def _background_array(background: Background | tuple[int, int, int], n: int, rng: np.random.Generator | None) -> np.ndarray:
+    """The background as float32 HxWx3 in [0, 255]."""
+    if not isinstance(background, Background):
+        background = Background(colour=tuple(background))
+    a = np.asarray(background.colour, dtype=np.float32)
+    img = np.broadcast_to(a, (n, n, 3)).copy()
+    if background.kind == "gradient":
+        b = np.asarray(background.colour_b, dtype=np.float32)
+        yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) / max(n - 1, 1)
+        t = (xx * math.cos(background.angle) + yy * math.sin(background.angle))
+        t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+        img = a + (b - a) * t[..., None]
+    if background.noise > 0:
+        noise_rng = rng if rng is not None else np.random.default_rng(0)
+        img = img + noise_rng.normal(0.0, background.noise * 255.0, size=img.shape).astype(np.float32)
+    return np.clip(img, 0.0, 255.0)
+
+
+def _shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    """Vertices of a square, triangle or star of nominal radius ``r`` (circles are drawn as ellipses)."""
+    if shape == "square":
+        radii, count, start = [r * 0.85 * math.sqrt(2)], 4, math.pi / 4
+    elif shape == "triangle":
+        radii, count, start = [r * 1.2], 3, -math.pi / 2
+    else:
+        radii, count, start = [r * 1.15, r * 0.48], 10, -math.pi / 2
+    points = []
+    for k in range(count):
+        theta = start + angle + 2 * math.pi * k / count
+        rad = radii[k % len(radii)]
+        points.append((cx + rad * math.cos(theta), cy + rad * math.sin(theta)))
+    return points
+
+
+def _shape_mask(shape: str, cx: float, cy: float, r: float, angle: float, n: int, outline: float = 0.0,
+                supersample: int = 4) -> np.ndarray:
+    """An anti-aliased coverage mask (float32 HxW in [0, 1]) of one shape, or of its outline ``outline`` pixels wide."""
+    big = n * supersample
+    canvas = Image.new("L", (big, big), 0)
+    draw = ImageDraw.Draw(canvas)
+    s = supersample
+    style = {"fill": None, "outline": 255, "width": max(1, round(outline * s))} if outline else {"fill": 255}
+    if shape == "circle":
+        draw.ellipse([(cx - r) * s, (cy - r) * s, (cx + r) * s, (cy + r) * s], **style)
+    else:
+        draw.polygon([(x * s, y * s) for x, y in _shape_polygon(shape, cx, cy, r, angle)], **style)
+    small = canvas.resize((n, n), Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.float32) / 255.0
+
+
+def render_shape_image(
+    colour: str | tuple[int, int, int],
+    shape: str,
+    position: str = "centre",
+    size: str = "large",
+    background: Background | tuple[int, int, int] = CANONICAL_BACKGROUND,
+    image_size: int = 64,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Render one shape (colour: a name or RGB) as uint8 HxWx3; ``rng`` adds jitter, None renders it exactly."""
+    _check_vocab(colour, shape, position, size)
+    if image_size < 16:
+        raise InvalidInputError(f"image_size {image_size} is too small; use 16 or more")
+    n = image_size
+    r = SIZES[size] * n
+    fx, fy = POSITIONS[position]
+    angle = 0.0
+    rgb = _rgb(colour)
+    if rng is not None:
+        rgb = rgb + rng.uniform(-12, 12, size=3).astype(np.float32)
+        r *= rng.uniform(0.88, 1.12)
+        fx += rng.uniform(-0.04, 0.04)
+        fy += rng.uniform(-0.04, 0.04)
+        angle = rng.uniform(-math.pi, math.pi) if shape == "star" else rng.uniform(-0.3, 0.3)
+    margin = 1.2 * r + 1.0
+    cx = float(np.clip(fx * n, margin, n - margin))
+    cy = float(np.clip(fy * n, margin, n - margin))
+    mask = _shape_mask(shape, cx, cy, r, angle, n)[..., None]
+    bg = _background_array(background, n, rng)
+    img = bg * (1.0 - mask) + np.clip(rgb, 0, 255) * mask
+    if OUTLINE_WIDTH:
+        edge = _shape_mask(shape, cx, cy, r, angle, n, OUTLINE_WIDTH * n)[..., None]
+        img = img * (1.0 - edge) + np.asarray(OUTLINE_COLOUR, dtype=np.float32) * edge
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def _rgb(colour: str | tuple[int, int, int]) -> np.ndarray:
+    return np.asarray(COLOURS[colour] if isinstance(colour, str) else colour, dtype=np.float32)
+
+
+def sample_background(rng: np.random.Generator, shape_colour: str | tuple[int, int, int] = "red") -> Background:
+    """A random muted (greyish) background whose colours all differ from ``shape_colour`` by MIN_CONTRAST or more."""
+    kind = BACKGROUND_KINDS[int(rng.integers(len(BACKGROUND_KINDS)))]
+    target = _rgb(shape_colour)
+
+    def muted() -> tuple[int, int, int]:
+        while True:
+            grey = rng.uniform(*BACKGROUND_GREY_RANGE)
+            rgb = tuple(int(round(255 * float(np.clip(grey + rng.uniform(-0.08, 0.08), 0, 1)))) for _ in range(3))
+            if np.linalg.norm(np.asarray(rgb, dtype=np.float32) - target) >= MIN_CONTRAST:
+                return rgb
+
+    return Background(
+        kind=kind,
+        colour=muted(),
+        colour_b=muted(),
+        angle=float(rng.uniform(0, 2 * math.pi)),
+        noise=float(rng.uniform(0.02, 0.06)) if kind == "noise" else 0.0,
+    )
+
+
+def _named_hues() -> list[float]:
+    hsv = [colorsys.rgb_to_hsv(*(v / 255 for v in rgb)) for rgb in COLOURS.values()]
+    return [h for h, saturation, _ in hsv if saturation > 0.3]
+
+
+def hue_distance(a: float, b: float) -> float:
+    """Distance between two hues in [0, 1) on the colour wheel (at most 0.5)."""
+    d = abs(a - b) % 1.0
+    return min(d, 1.0 - d)
+
+
+def sample_other_colour(rng: np.random.Generator) -> tuple[int, int, int]:
+    """A saturated RGB colour whose hue is at least MIN_HUE_DISTANCE from every named chromatic colour."""
+    hues = _named_hues()
+    while True:
+        hue = float(rng.uniform(0, 1))
+        if min(hue_distance(hue, h) for h in hues) >= MIN_HUE_DISTANCE:
+            break
+    rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0))
+    return tuple(int(round(255 * v)) for v in rgb)
+
+
+def sample_spec(rng: np.random.Generator, split: str = "train", other_colour_rate: float = 0.0) -> ShapeSpec:
+    """A random spec whose (colour, shape) pair belongs to ``split``, or, at ``other_colour_rate``, an unnamed colour."""
+    pairs = pairs_for_split(split)
+    colour, shape = pairs[int(rng.integers(len(pairs)))]
+    if rng.random() < other_colour_rate:
+        colour = sample_other_colour(rng)
+    position = list(POSITIONS)[int(rng.integers(len(POSITIONS)))]
+    size = list(SIZES)[int(rng.integers(len(SIZES)))]
+    return ShapeSpec(colour, shape, position, size, sample_background(rng, colour))
+
+
+def with_articles(text: str) -> str:
+    """Turn 'a' into 'an' before a vowel: 'a orange star' -> 'an orange star'."""
+    return re.sub(r"\ba (?=[aeiou])", "an ", text)
+
+
+def pair_labels() -> list[str]:
+    """Zero-shot labels for every (colour, shape) pair, colour-major: 'a red circle', 'a red square', ..."""
+    return [with_articles(f"a {c} {s}") for c in COLOURS for s in SHAPES]
+
+
+def colour_labels() -> list[str]:
+    """Zero-shot labels for colours alone: 'a red shape', ..."""
+    return [with_articles(f"a {c} shape") for c in COLOURS]
+
+
+def shape_labels() -> list[str]:
+    """Zero-shot labels for shapes alone: 'a circle', ..."""
+    return [with_articles(f"a {s}") for s in SHAPES]
+
+
+def caption_templates(spec: ShapeSpec) -> tuple[str, ...]:
+    """The templates that can describe a spec: colour-free ones for unnamed colours."""
+    return CAPTION_TEMPLATES if isinstance(spec.colour, str) else SHAPE_ONLY_TEMPLATES
+
+
+def caption_for(spec: ShapeSpec, template: str) -> str:
+    """Fill a caption template with a spec's words (with 'an' before vowels)."""
+    text = template.format(colour=spec.colour, shape=spec.shape, size=spec.size, where=POSITION_PHRASES[spec.position])
+    return with_articles(text)
+
+
+def _item_rng(seed: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, index])
+
+
+class ShapesDataset(Dataset):
+    """Map-style dataset of (image CHW float in [0, 1], caption); item ``i`` depends only on (seed, i, split)."""
+
+    def __init__(self, length: int, seed: int = 0, split: str = "train", image_size: int = 64,
+                 other_colour_rate: float | None = None) -> None:
+        """Create ``length`` items of ``split``; unnamed colours default to OTHER_COLOUR_RATE in training only."""
+        pairs_for_split(split)
+        self.length = length
+        self.seed = seed
+        self.split = split
+        self.image_size = image_size
+        default_rate = OTHER_COLOUR_RATE if split == "train" else 0.0
+        self.other_colour_rate = default_rate if other_colour_rate is None else other_colour_rate
+
+    def __len__(self) -> int:
+        """Number of items."""
+        return self.length
+
+    def _draw(self, index: int) -> tuple[ShapeSpec, str, np.random.Generator]:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        rng = _item_rng(self.seed, index)
+        spec = sample_spec(rng, self.split, self.other_colour_rate)
+        templates = caption_templates(spec)
+        return spec, caption_for(spec, templates[int(rng.integers(len(templates)))]), rng
+
+    def describe(self, index: int) -> tuple[ShapeSpec, str]:
+        """Spec and caption of item ``index``, without rendering it."""
+        spec, caption, _ = self._draw(index)
+        return spec, caption
+
+    def item(self, index: int) -> tuple[np.ndarray, str, ShapeSpec]:
+        """Image (uint8 HxWx3), caption and spec of item ``index``."""
+        spec, caption, rng = self._draw(index)
+        image = render_shape_image(
+            spec.colour, spec.shape, spec.position, spec.size, spec.background, self.image_size, rng
+        )
+        return image, caption, spec
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        """Image as a float CHW tensor in [0, 1], and its caption."""
+        image, caption, _ = self.item(index)
+        return torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0), caption
+
+
+def parse_caption(text: str) -> ShapeSpec:
+    """Read a colour, a shape and optionally a size and position from a caption like 'a small red circle on the left'."""
+    words = re.findall(r"[a-z]+", text.lower())
+    aliases = {"center": "centre", "middle": "centre", "big": "large"}
+    words = [aliases.get(w, w) for w in words]
+
+    def pick(vocab, what: str, default: str | None) -> str:
+        found = [w for w in words if w in vocab]
+        if not found and default is None:
+            raise InvalidInputError(f"caption {text!r} names no {what}; use one of {', '.join(vocab)}")
+        return found[0] if found else default
+
+    return ShapeSpec(
+        colour=pick(COLOURS, "colour", None),
+        shape=pick(SHAPES, "shape", None),
+        position=pick(POSITIONS, "position", "centre"),
+        size=pick(SIZES, "size", "large"),
+    )
+
+
+def render_canonical(text: str, image_size: int = 64) -> np.ndarray:
+    """Render the exact, jitter-free image a caption describes (default: large, centred, on plain grey)."""
+    spec = parse_caption(text)
+    return render_shape_image(spec.colour, spec.shape, spec.position, spec.size, spec.background, image_size)
+
+
+def write_dataset(out: Path, count: int, seed: int = 0, split: str = "train", image_size: int = 64) -> Path:
+    """Write ``count`` PNGs under ``out/images`` and ``out/captions.csv``; return the CSV path."""
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    dataset = ShapesDataset(count, seed, split, image_size)
+    csv_path = out / "captions.csv"
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["filepath", "caption", "colour", "shape", "position", "size"])
+        for i in range(count):
+            image, caption, spec = dataset.item(i)
+            name = f"images/{i:06d}.png"
+            Image.fromarray(image).save(out / name)
+            colour = spec.colour if isinstance(spec.colour, str) else "other"
+            writer.writerow([name, caption, colour, spec.shape, spec.position, spec.size])
+    return csv_path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: write a seeded set of shape images and a captions.csv."""
+    parser = argparse.ArgumentParser(prog="python -m pipelines.shapes_world", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="output folder (images/ and captions.csv)")
+    parser.add_argument("--count", type=int, default=1000, help="number of images")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--split", choices=SPLITS, default="train", help="which (colour, shape) pairs to draw")
+    parser.add_argument("--image-size", type=int, default=64, help="side of the square images in pixels")
+    args = parser.parse_args(argv)
+    try:
+        path = write_dataset(args.out, args.count, args.seed, args.split, args.image_size)
+    except InvalidInputError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    print(f"wrote {args.count} images and {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,489 @@
+"""Train or fine-tune a CLIP model with CLIP's symmetric contrastive loss.
+
+Data is either an image-caption CSV (paths relative to the CSV's folder) or the synthetic shapes world
+rendered on the fly. Models are any open_clip model (architecture + pretrained tag, local file, built-in
+name) or a new one built from a config (a JSON file, or the built-in tiny shapes config).
+Batches depend only on (seed, step), so a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from guidance import CLIPEncoder, load_clip, load_image, save_clip, zero_shot_classify
+from guidance.errors import InvalidInputError, ToolkitError
+from pipelines import shapes_world as world
+
+MAX_LOGIT_SCALE = 100.0
+EVAL_SEED = 20240601
+DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.", "a picture of a {}.", "a {}.")
+
+TINY_SHAPES_CONFIG: dict = {
+    "embed_dim": 128,
+    "vision_cfg": {"image_size": 64, "patch_size": 16, "width": 128, "layers": 4, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 3},
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; the CLI flags map one-to-one onto these fields."""
+
+    model: str | None = None
+    pretrained: str | None = None
+    model_config: str | dict | None = None
+    shapes: bool = False
+    csv: str | None = None
+    csv_image_key: str = "filepath"
+    csv_caption_key: str = "caption"
+    steps: int = 1000
+    batch_size: int = 128
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    seed: int = 0
+    image_size: int | None = None
+    eval_every: int = 0
+    eval_count: int = 512
+    eval_shapes: bool | None = None
+    eval_csv: str | None = None
+    eval_label_key: str = "label"
+    templates: Sequence[str] = DEFAULT_TEMPLATES
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 0
+    resume: str | None = None
+    out: str | None = None
+    fp16: bool = False
+    num_workers: int = 0
+    threads: int | None = None
+    device: str = "cpu"
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the trained encoder, the loss of each step run, and the final evaluation."""
+
+    clip: CLIPEncoder
+    losses: list[float] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+# --- loss ---------------------------------------------------------------------------------------------
+
+
+def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric cross-entropy over the batch's similarity matrix; ``logit_scale`` is the log temperature."""
+    scale = logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+    logits = scale * image_features @ text_features.T
+    targets = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+
+def _resize_crop(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize the shorter side of a CHW image to ``size`` and crop the centre square."""
+    image = TF.resize(image, size, antialias=True)
+    return TF.center_crop(image, [size, size]).clamp(0, 1)
+
+
+class CaptionCSV(Dataset):
+    """Images and captions listed in a CSV; relative image paths are resolved against the CSV's folder."""
+
+    def __init__(self, path: str | Path, image_key: str = "filepath", caption_key: str = "caption", image_size: int = 224):
+        """Read and check the CSV: both columns present, non-empty captions, every image file exists."""
+        self.path = Path(path)
+        self.image_size = image_size
+        self.paths, self.captions = _read_caption_csv(self.path, image_key, caption_key)
+
+    def __len__(self) -> int:
+        """Number of rows."""
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        """The image (CHW in [0, 1], resized and centre-cropped) and caption of one row."""
+        return _resize_crop(load_image(self.paths[index])[0], self.image_size), self.captions[index]
+
+
+def _read_caption_csv(path: Path, image_key: str, caption_key: str) -> tuple[list[Path], list[str]]:
+    """Image paths and captions from a CSV, with one-line errors for anything wrong."""
+    if not path.is_file():
+        raise InvalidInputError(f"CSV file not found: {path}")
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        for key, flag in ((image_key, "--csv-image-key"), (caption_key, "--csv-caption-key")):
+            if key not in columns:
+                raise InvalidInputError(f"{path} has no column {key!r} (columns: {', '.join(columns) or 'none'}); "
+                                        f"name the right one with {flag}")
+        rows = list(reader)
+    if not rows:
+        raise InvalidInputError(f"{path} has a header but no rows; add one row per image")
+    paths, captions = [], []
+    for line, row in enumerate(rows, start=2):
+        image = Path(row[image_key] or "")
+        image = image if image.is_absolute() else path.parent / image
+        if not row[image_key] or not image.is_file():
+            raise InvalidInputError(f"{path} line {line}: image file not found: {image}")
+        if not (row[caption_key] or "").strip():
+            raise InvalidInputError(f"{path} line {line}: empty caption for {image}")
+        paths.append(image)
+        captions.append(row[caption_key].strip())
+    return paths, captions
+
+
+class StepBatches(Sampler):
+    """Batch indices as a pure function of (seed, step): sequential for streams, reshuffled per epoch otherwise."""
+
+    def __init__(self, size: int, batch_size: int, start: int, stop: int, seed: int, shuffle: bool):
+        """Yield the batches of steps ``start`` to ``stop - 1`` over a dataset of ``size`` items."""
+        self.size, self.batch_size, self.start, self.stop = size, batch_size, start, stop
+        self.seed, self.shuffle = seed, shuffle
+        self._orders: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        """Number of batches."""
+        return max(self.stop - self.start, 0)
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            self._orders = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.size)}
+        return self._orders[epoch]
+
+    def batch(self, step: int) -> list[int]:
+        """The dataset indices of one step's batch."""
+        positions = range(step * self.batch_size, (step + 1) * self.batch_size)
+        if not self.shuffle:
+            return [p % self.size for p in positions]
+        return [int(self._order(p // self.size)[p % self.size]) for p in positions]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        """The batches in step order."""
+        return (self.batch(step) for step in range(self.start, self.stop))
+
+
+def _training_data(config: TrainConfig, image_size: int, start: int) -> DataLoader:
+    """A loader over the shapes stream or the CSV, starting at step ``start``."""
+    if config.shapes:
+        dataset = world.ShapesDataset(config.steps * config.batch_size, config.seed, "train", image_size)
+    else:
+        dataset = CaptionCSV(config.csv, config.csv_image_key, config.csv_caption_key, image_size)
+    sampler = StepBatches(len(dataset), config.batch_size, start, config.steps, config.seed, not config.shapes)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers,
+                      persistent_workers=False, prefetch_factor=4 if config.num_workers else None)
+
+
+# --- evaluation ---------------------------------------------------------------------------------------
+
+
+def _classify(clip: CLIPEncoder, images: torch.Tensor, labels: Sequence[str], templates: Sequence[str],
+              chunk: int = 256) -> torch.Tensor:
+    """Zero-shot probabilities (B, L), computed in chunks of images."""
+    return torch.cat([zero_shot_classify(clip, images[i:i + chunk], labels, templates)
+                      for i in range(0, len(images), chunk)])
+
+
+def evaluate_shapes(clip: CLIPEncoder, count: int = 512, seed: int = EVAL_SEED, split: str = "held_out") -> dict[str, float]:
+    """Zero-shot accuracy on shapes of ``split``: colour and shape read off a ranking of all (colour, shape) prompts."""
+    dataset = world.ShapesDataset(count, seed, split, clip.image_size, other_colour_rate=0.0)
+    items = [dataset.item(i) for i in range(count)]
+    images = torch.from_numpy(np.stack([image for image, _, _ in items])).permute(0, 3, 1, 2).float().div(255)
+    images = images.to(clip.device)
+    specs = [spec for _, _, spec in items]
+    colours, shapes = list(world.COLOURS), list(world.SHAPES)
+    true_colour = torch.tensor([colours.index(s.colour) for s in specs])
+    true_shape = torch.tensor([shapes.index(s.shape) for s in specs])
+    was_training = clip.model.training
+    clip.model.eval()
+    pairs = _classify(clip, images, world.pair_labels(), world.PROMPT_TEMPLATES).cpu()
+    pairs = pairs.view(count, len(colours), len(shapes))
+    colour_only = _classify(clip, images, world.colour_labels(), world.PROMPT_TEMPLATES).cpu()
+    shape_only = _classify(clip, images, world.shape_labels(), world.PROMPT_TEMPLATES).cpu()
+    clip.model.train(was_training)
+    best_pair = pairs.flatten(1).argmax(1)
+    return {
+        "colour_acc": (pairs.sum(2).argmax(1) == true_colour).float().mean().item(),
+        "shape_acc": (pairs.sum(1).argmax(1) == true_shape).float().mean().item(),
+        "pair_acc": ((best_pair // len(shapes) == true_colour) & (best_pair % len(shapes) == true_shape)).float().mean().item(),
+        "colour_prompt_acc": (colour_only.argmax(1) == true_colour).float().mean().item(),
+        "shape_prompt_acc": (shape_only.argmax(1) == true_shape).float().mean().item(),
+    }
+
+
+def evaluate_csv(clip: CLIPEncoder, path: str | Path, label_key: str, templates: Sequence[str],
+                 image_key: str = "filepath") -> dict[str, float]:
+    """Zero-shot accuracy over the distinct labels of a CSV's ``label_key`` column."""
+    dataset = CaptionCSV(path, image_key, label_key, clip.image_size)
+    classes = sorted(set(dataset.captions))
+    if len(classes) < 2:
+        raise InvalidInputError(f"{path}: column {label_key!r} needs at least two distinct labels for zero-shot accuracy")
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))]).to(clip.device)
+    truth = torch.tensor([classes.index(c) for c in dataset.captions])
+    was_training = clip.model.training
+    clip.model.eval()
+    probs = _classify(clip, images, classes, templates).cpu()
+    clip.model.train(was_training)
+    return {"csv_acc": (probs.argmax(1) == truth).float().mean().item()}
+
+
+def evaluate(clip: CLIPEncoder, config: TrainConfig) -> dict[str, float]:
+    """All evaluations the config asks for (held-out shapes, CSV labels)."""
+    metrics: dict[str, float] = {}
+    if config.eval_shapes if config.eval_shapes is not None else config.shapes:
+        metrics.update(evaluate_shapes(clip, config.eval_count))
+    if config.eval_csv:
+        metrics.update(evaluate_csv(clip, config.eval_csv, config.eval_label_key, config.templates,
+                                    config.csv_image_key))
+    return metrics
+
+
+# --- model, optimiser, checkpoints --------------------------------------------------------------------
+
+
+def _architecture(config: TrainConfig) -> dict:
+    """The open_clip config dict for a model trained from scratch."""
+    spec = config.model_config
+    if spec is None:
+        return copy.deepcopy(TINY_SHAPES_CONFIG)
+    if isinstance(spec, dict):
+        return copy.deepcopy(spec)
+    path = Path(spec)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise InvalidInputError(f"cannot read model config {path}: {type(error).__name__}; give a JSON file "
+                                "with embed_dim, vision_cfg and text_cfg") from None
+
+
+def build_model(config: TrainConfig) -> CLIPEncoder:
+    """The encoder to train: a loaded model to fine-tune, or a new seeded one from a config."""
+    torch.manual_seed(config.seed)
+    if config.model is not None:
+        return load_clip(config.model, config.pretrained, config.device)
+    return load_clip("shapes-tiny-scratch", device=config.device, architecture=_architecture(config))
+
+
+def build_optimizer(clip: CLIPEncoder, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (not on gains, biases, embeddings' scale or temperature)."""
+    named = [(n, p) for n, p in clip.model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in named if p.ndim >= 2]
+    rest = [p for n, p in named if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """Linear warmup then cosine decay to zero."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(config.steps - config.warmup_steps, 1)
+    return 0.5 * config.lr * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def save_checkpoint(folder: str | Path, clip: CLIPEncoder, optimizer: torch.optim.Optimizer, step: int) -> Path:
+    """Write ``model.safetensors`` (loadable by load_clip) and ``state.pt`` (optimizer, step, RNG) to ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_clip(clip, folder / "model.safetensors")
+    state = {"optimizer": optimizer.state_dict(), "step": step, "torch_rng": torch.get_rng_state()}
+    torch.save(state, folder / "state.pt.part")
+    (folder / "state.pt.part").replace(folder / "state.pt")
+    return folder
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder itself, or the latest ``step_*`` folder inside a checkpoint directory."""
+    path = Path(path)
+    if (path / "state.pt").is_file():
+        return path
+    steps = sorted(path.glob("step_*/state.pt")) if path.is_dir() else []
+    if not steps:
+        raise InvalidInputError(f"no checkpoint in {path}; give a folder holding state.pt and model.safetensors")
+    return steps[-1].parent
+
+
+def load_checkpoint(path: str | Path, config: TrainConfig) -> tuple[CLIPEncoder, torch.optim.Optimizer, int]:
+    """Restore model, optimizer, step and torch RNG from a checkpoint folder."""
+    folder = find_checkpoint(path)
+    clip = load_clip(str(folder / "model.safetensors"), device=config.device)
+    _make_trainable(clip)
+    optimizer = build_optimizer(clip, config)
+    state = torch.load(folder / "state.pt", map_location=config.device, weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"].cpu())
+    return clip, optimizer, int(state["step"])
+
+
+def save_weights(clip: CLIPEncoder, path: str | Path, fp16: bool = False, name: str | None = None) -> Path:
+    """Save the trained model for load_clip, optionally as fp16 to halve the file."""
+    export = copy.deepcopy(clip).cpu()
+    export.model.eval().requires_grad_(False)
+    if fp16:
+        export.model.half()
+    if name is not None:
+        export.name = name
+    save_clip(export, path)
+    return Path(path)
+
+
+def _make_trainable(clip: CLIPEncoder) -> None:
+    clip.model.train().requires_grad_(True)
+
+
+# --- training loop ------------------------------------------------------------------------------------
+
+
+def _check_config(config: TrainConfig) -> None:
+    if config.shapes == bool(config.csv):
+        raise InvalidInputError("choose exactly one training set: --shapes or --csv PATH")
+    if config.model is not None and config.model_config is not None:
+        raise InvalidInputError("--model fine-tunes an existing model and --model-config builds a new one; give one")
+    for name in ("steps", "batch_size"):
+        if getattr(config, name) < 1:
+            raise InvalidInputError(f"{name} must be at least 1, got {getattr(config, name)}")
+    if config.batch_size < 2:
+        raise InvalidInputError("batch_size must be at least 2 for a contrastive loss")
+
+
+def train_step(clip: CLIPEncoder, optimizer: torch.optim.Optimizer, images: torch.Tensor, captions: Sequence[str],
+               lr: float, grad_clip: float) -> float:
+    """One optimisation step on a batch; returns the loss before the update."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss = contrastive_loss(clip.encode_image(images), clip.encode_text(list(captions)), clip.model.logit_scale)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(clip.model.parameters(), grad_clip)
+    optimizer.step()
+    with torch.no_grad():
+        clip.model.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
+    return loss.item()
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Run (or resume) training as configured; evaluate, checkpoint and save the final weights."""
+    _check_config(config)
+    started = time.perf_counter()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if config.resume:
+        clip, optimizer, start = load_checkpoint(config.resume, config)
+    else:
+        clip = build_model(config)
+        _make_trainable(clip)
+        optimizer = build_optimizer(clip, config)
+        start = 0
+    image_size = config.image_size or clip.image_size
+    loader = _training_data(config, image_size, start)
+    result = TrainResult(clip)
+    bar = tqdm(loader, total=config.steps, initial=start, disable=not config.progress, desc="train", dynamic_ncols=True)
+    for step, (images, captions) in enumerate(bar, start=start):
+        loss = train_step(clip, optimizer, images.to(config.device), captions, learning_rate(step, config), config.grad_clip)
+        result.losses.append(loss)
+        bar.set_postfix(loss=f"{loss:.3f}", scale=f"{clip.model.logit_scale.exp().item():.1f}")
+        done = step + 1
+        if config.eval_every and done % config.eval_every == 0 and done < config.steps:
+            bar.write(f"step {done}: " + _format(evaluate(clip, config)))
+        if config.checkpoint_dir and config.checkpoint_every and done % config.checkpoint_every == 0:
+            save_checkpoint(Path(config.checkpoint_dir) / f"step_{done:07d}", clip, optimizer, done)
+    bar.close()
+    if config.checkpoint_dir:
+        save_checkpoint(Path(config.checkpoint_dir) / "final", clip, optimizer, config.steps)
+    clip.model.eval().requires_grad_(False)
+    result.metrics = evaluate(clip, config)
+    if config.out:
+        save_weights(clip, config.out, config.fp16)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _format(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.3f}" for k, v in metrics.items()) or "no evaluation configured"
+
+
+# --- command line -------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface; every flag sets the TrainConfig field of the same name."""
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m pipelines.train_clip", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    m = p.add_argument_group("model")
+    m.add_argument("--model", help="model to fine-tune: open_clip architecture, built-in name or checkpoint file")
+    m.add_argument("--pretrained", help="open_clip pretrained tag or weights file for --model")
+    m.add_argument("--model-config", help="JSON open_clip config for a new model (default without --model: built-in tiny config)")
+    data = p.add_argument_group("data")
+    data.add_argument("--shapes", action="store_true", help="train on the synthetic shapes world, rendered on the fly")
+    data.add_argument("--csv", help="image-caption CSV; image paths relative to its folder")
+    data.add_argument("--csv-image-key", default=d.csv_image_key, help="CSV column holding image paths")
+    data.add_argument("--csv-caption-key", default=d.csv_caption_key, help="CSV column holding captions")
+    data.add_argument("--image-size", type=int, help="render/crop size (default: the model's input size)")
+    data.add_argument("--num-workers", type=int, default=d.num_workers, help="data loader worker processes")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--steps", type=int, default=d.steps, help="total optimisation steps")
+    o.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step")
+    o.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW)")
+    o.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay on weight matrices")
+    o.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warmup steps before cosine decay")
+    o.add_argument("--grad-clip", type=float, default=d.grad_clip, help="gradient norm clip (0: off)")
+    o.add_argument("--seed", type=int, default=d.seed, help="seed for initialisation and data order")
+    o.add_argument("--device", default=d.device, help="torch device")
+    o.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    e = p.add_argument_group("evaluation")
+    e.add_argument("--eval-every", type=int, default=d.eval_every, help="evaluate every N steps (0: only at the end)")
+    e.add_argument("--eval-count", type=int, default=d.eval_count, help="held-out shape images per evaluation")
+    e.add_argument("--eval-shapes", action=argparse.BooleanOptionalAction, default=None,
+                   help="zero-shot on held-out shapes (default: on with --shapes)")
+    e.add_argument("--eval-csv", help="CSV with images and a label column for zero-shot accuracy")
+    e.add_argument("--eval-label-key", default=d.eval_label_key, help="label column of --eval-csv")
+    e.add_argument("--template", dest="templates", action="append",
+                   help=f"prompt template for --eval-csv labels, repeatable (default: {list(DEFAULT_TEMPLATES)})")
+    c = p.add_argument_group("checkpoints and output")
+    c.add_argument("--checkpoint-dir", help="folder for step_N/ and final/ checkpoints")
+    c.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="checkpoint every N steps (0: final only)")
+    c.add_argument("--resume", help="checkpoint folder (or checkpoint dir: its latest step) to continue from")
+    c.add_argument("--out", help="write the trained model here as safetensors for load_clip")
+    c.add_argument("--fp16", action="store_true", help="store --out weights as fp16")
+    c.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point: train, print the final metrics, exit 2 with one line on a user error."""
+    args = vars(build_parser().parse_args(argv))
+    args["templates"] = tuple(args["templates"] or DEFAULT_TEMPLATES)
+    config = TrainConfig(**args)
+    try:
+        result = train(config)
+    except ToolkitError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"done in {result.seconds:.0f} s; final loss {result.losses[-1] if result.losses else float('nan'):.4f}; "
+          + _format(result.metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The synthetic shapes world: vocabulary, rendering, seeding, held-out pairs, the CSV writer."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from guidance.errors import InvalidInputError
+from pipelines import shapes_world as world
+
+
+def test_vocabulary_covers_the_issue_words():
+    assert {"red", "green", "blue", "yellow", "orange", "purple", "white", "black"} <= set(world.COLOURS)
+    assert {"circle", "square", "triangle", "star"} <= set(world.SHAPES)
+    assert set(world.POSITIONS) == {"left", "right", "top", "bottom", "centre"}
+    assert set(world.SIZES) == {"small", "large"}
+    assert all(len(rgb) == 3 and all(0 <= v <= 255 for v in rgb) for rgb in world.COLOURS.values())
+
+
+def test_sampling_reaches_every_word_and_template():
+    rng = np.random.default_rng(0)
+    specs = [world.sample_spec(rng, "all") for _ in range(3000)]
+    assert {s.colour for s in specs} == set(world.COLOURS)
+    assert {s.shape for s in specs} == set(world.SHAPES)
+    assert {s.position for s in specs} == set(world.POSITIONS)
+    assert {s.size for s in specs} == set(world.SIZES)
+    assert {s.background.kind for s in specs} == set(world.BACKGROUND_KINDS)
+    dataset = world.ShapesDataset(400, seed=1)
+    captions = [dataset.describe(i)[1] for i in range(400)]
+    assert any(c.startswith("a photo of") for c in captions)
+    assert any(c.endswith("on the left") for c in captions)
+    assert any(c.startswith("an orange") for c in captions)
+    assert not any(" a orange" in f" {c}" for c in captions)
+
+
+def test_dataset_is_deterministic_under_seed():
+    a, b, c = world.ShapesDataset(6, seed=7), world.ShapesDataset(6, seed=7), world.ShapesDataset(6, seed=8)
+    for i in range(6):
+        image_a, caption_a = a[i]
+        image_b, caption_b = b[i]
+        assert torch.equal(image_a, image_b) and caption_a == caption_b
+    assert any(not torch.equal(a[i][0], c[i][0]) for i in range(6))
+    image, caption = a[0]
+    assert image.shape == (3, 64, 64) and image.dtype == torch.float32
+    assert 0.0 <= image.min() and image.max() <= 1.0 and isinstance(caption, str)
+    with pytest.raises(IndexError):
+        a[6]
+
+
+def test_held_out_pairs_never_appear_in_training():
+    held = set(world.held_out_pairs())
+    assert len(held) >= 6
+    train_pairs = set(world.pairs_for_split("train"))
+    assert not held & train_pairs
+    assert train_pairs | held == {(c, s) for c in world.COLOURS for s in world.SHAPES}
+    # every held-out colour and shape is still seen in training, with other partners
+    assert {c for c, _ in held} <= {c for c, _ in train_pairs}
+    assert {s for _, s in held} <= {s for _, s in train_pairs}
+    stream = world.ShapesDataset(4000, seed=0, split="train")
+    for i in range(4000):
+        spec, caption = stream.describe(i)
+        assert (spec.colour, spec.shape) not in held
+        assert not any(f"{c} {s}" in caption for c, s in held)
+    test = world.ShapesDataset(200, seed=0, split="held_out")
+    assert all((s.colour, s.shape) in held for s in (test.describe(i)[0] for i in range(200)))
+
+
+def test_canonical_render_is_exact():
+    image = world.render_canonical("a red circle")
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+    assert tuple(image[32, 32]) == world.COLOURS["red"]
+    assert tuple(image[0, 0]) == world.CANONICAL_BACKGROUND
+    assert np.array_equal(image, world.render_shape_image("red", "circle"))
+    big = world.render_canonical("a red circle", image_size=128)
+    assert big.shape == (128, 128, 3)
+
+
+def _mask(image: np.ndarray) -> np.ndarray:
+    return np.abs(image.astype(int) - np.array(world.CANONICAL_BACKGROUND)).sum(-1) > 30
+
+
+def test_positions_sizes_and_shapes_are_visible():
+    left = _mask(world.render_canonical("a small blue square on the left"))
+    right = _mask(world.render_canonical("a small blue square on the right"))
+    top = _mask(world.render_canonical("a blue square at the top"))
+    assert np.argwhere(left)[:, 1].mean() < 24 < 40 < np.argwhere(right)[:, 1].mean()
+    assert np.argwhere(top)[:, 0].mean() < 24
+    assert left.sum() < _mask(world.render_canonical("a large blue square on the left")).sum()
+    masks = [_mask(world.render_shape_image("black", s)) for s in world.SHAPES]
+    for i in range(len(masks)):
+        for j in range(i + 1, len(masks)):
+            assert (masks[i] ^ masks[j]).sum() > 40
+
+
+def test_parse_caption_and_errors():
+    spec = world.parse_caption("A small purple star at the bottom")
+    assert (spec.colour, spec.shape, spec.size, spec.position) == ("purple", "star", "small", "bottom")
+    assert world.parse_caption("an orange triangle in the center").position == "centre"
+    with pytest.raises(InvalidInputError, match="colour"):
+        world.parse_caption("a circle")
+    with pytest.raises(InvalidInputError, match="shape"):
+        world.render_shape_image("red", "hexagon")
+    with pytest.raises(InvalidInputError, match="split"):
+        world.ShapesDataset(3, split="test")
+
+
+def test_zero_shot_labels_line_up_with_pairs():
+    labels = world.pair_labels()
+    assert len(labels) == len(world.COLOURS) * len(world.SHAPES)
+    assert labels[0] == "a red circle" and "an orange star" in labels
+    assert world.shape_labels() == ["a circle", "a square", "a triangle", "a star"]
+
+
+def test_cli_writes_images_and_csv(tmp_path):
+    world.main(["--out", str(tmp_path), "--count", "5", "--seed", "3"])
+    with open(tmp_path / "captions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 5
+    dataset = world.ShapesDataset(5, seed=3)
+    for i, row in enumerate(rows):
+        image = np.asarray(Image.open(tmp_path / row["filepath"]))
+        expected, caption, _ = dataset.item(i)
+        assert np.array_equal(image, expected) and row["caption"] == caption
+
+
+def test_unnamed_colours_are_far_from_named_ones_and_never_named():
+    import colorsys
+
+    named = [colorsys.rgb_to_hsv(*(v / 255 for v in rgb)) for rgb in world.COLOURS.values()]
+    named_hues = [h for h, s, _ in named if s > 0.3]
+    stream = world.ShapesDataset(600, seed=2, split="train")
+    others = [(spec, caption) for spec, caption in map(stream.describe, range(600)) if not isinstance(spec.colour, str)]
+    assert abs(len(others) / 600 - world.OTHER_COLOUR_RATE) < 0.1
+    for spec, caption in others:
+        hue = colorsys.rgb_to_hsv(*(v / 255 for v in spec.colour))[0]
+        assert min(world.hue_distance(hue, h) for h in named_hues) >= world.MIN_HUE_DISTANCE - 0.002  # 8-bit rounding
+        assert not any(word in caption.split() for word in world.COLOURS)
+    held_out = world.ShapesDataset(100, seed=2, split="held_out")
+    assert all(isinstance(held_out.describe(i)[0].colour, str) for i in range(100))
+
+
+def test_backgrounds_contrast_with_the_shape():
+    rng = np.random.default_rng(4)
+    for _ in range(500):
+        spec = world.sample_spec(rng, "train", other_colour_rate=0.5)
+        rgb = np.asarray(world.COLOURS[spec.colour] if isinstance(spec.colour, str) else spec.colour, dtype=float)
+        for stop in (spec.background.colour, spec.background.colour_b):
+            assert np.linalg.norm(np.asarray(stop, dtype=float) - rgb) >= world.MIN_CONTRAST

@@ -1,0 +1,131 @@
+"""CLIP training: the loss, learning, checkpoint/resume, CSV input and its errors, the CLI, the shipped model."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from guidance import BUILTIN_CLIP_MODELS, load_clip
+from guidance.errors import InvalidInputError
+from pipelines import shapes_world as world
+from pipelines import train_clip as tc
+
+MICRO = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "patch_size": 16, "width": 32, "layers": 1, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def micro_config(**overrides) -> tc.TrainConfig:
+    base = dict(model_config=MICRO, steps=4, batch_size=8, lr=1e-3, warmup_steps=1, progress=False,
+                eval_shapes=False, threads=1)
+    return tc.TrainConfig(**{**base, **overrides})
+
+
+def reference_loss(image: np.ndarray, text: np.ndarray, log_scale: float) -> float:
+    """Symmetric cross-entropy of CLIP's pseudo-code, in float64 numpy."""
+    logits = min(math.exp(log_scale), 100.0) * image @ text.T
+
+    def cross_entropy(rows: np.ndarray) -> float:
+        rows = rows - rows.max(1, keepdims=True)
+        log_probs = rows - np.log(np.exp(rows).sum(1, keepdims=True))
+        return -np.mean(np.diag(log_probs))
+
+    return (cross_entropy(logits) + cross_entropy(logits.T)) / 2
+
+
+@pytest.mark.parametrize("log_scale", [math.log(1 / 0.07), math.log(500.0)])
+def test_contrastive_loss_matches_float64_reference(log_scale):
+    gen = torch.Generator().manual_seed(0)
+    image = torch.nn.functional.normalize(torch.randn(6, 16, generator=gen), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(6, 16, generator=gen), dim=-1)
+    loss = tc.contrastive_loss(image, text, torch.tensor(log_scale))
+    expected = reference_loss(image.double().numpy(), text.double().numpy(), log_scale)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def shapes_csv(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shapes_csv")
+    return world.write_dataset(folder, 8, seed=5, split="all", image_size=32)
+
+
+def test_training_on_a_csv_reduces_the_loss(shapes_csv, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # relative image paths must resolve against the CSV's folder, not the cwd
+    result = tc.train(micro_config(csv=str(shapes_csv), steps=25, lr=3e-3, eval_csv=str(shapes_csv),
+                                   eval_label_key="colour", templates=("a {} shape",)))
+    assert len(result.losses) == 25
+    assert np.mean(result.losses[-5:]) < 0.7 * result.losses[0]
+    assert 0.0 <= result.metrics["csv_acc"] <= 1.0
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path):
+    full = tc.train(micro_config(shapes=True, checkpoint_dir=str(tmp_path / "a"), checkpoint_every=2))
+    resumed = tc.train(micro_config(shapes=True, checkpoint_dir=str(tmp_path / "b"),
+                                    resume=str(tmp_path / "a" / "step_0000002")))
+    assert resumed.losses == full.losses[2:]
+    for key, value in full.clip.model.state_dict().items():
+        assert torch.equal(value, resumed.clip.model.state_dict()[key]), key
+    state_a = torch.load(tmp_path / "a" / "final" / "state.pt", weights_only=True)
+    state_b = torch.load(tmp_path / "b" / "final" / "state.pt", weights_only=True)
+    assert state_a["step"] == state_b["step"] == 4
+    for index, moments in state_a["optimizer"]["state"].items():
+        assert torch.equal(moments["exp_avg_sq"], state_b["optimizer"]["state"][index]["exp_avg_sq"])
+    assert tc.find_checkpoint(tmp_path / "a").name == "step_0000004"
+
+
+def test_saved_weights_load_back(tmp_path):
+    result = tc.train(micro_config(shapes=True, steps=1, out=str(tmp_path / "m.safetensors"), fp16=True))
+    clip = load_clip(str(tmp_path / "m.safetensors"))
+    images = torch.rand(2, 3, 32, 32)
+    expected = result.clip.encode_image(images)
+    assert torch.allclose(clip.encode_image(images), expected, atol=2e-2)
+    assert clip.context_length == 16
+
+
+def test_evaluate_shapes_reports_accuracies():
+    clip = tc.build_model(micro_config(shapes=True))
+    metrics = tc.evaluate_shapes(clip, count=8)
+    assert set(metrics) >= {"colour_acc", "shape_acc", "pair_acc"}
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+
+
+def test_csv_missing_column_is_one_line(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("filepath,text\nimages/a.png,a red circle\n")
+    with pytest.raises(InvalidInputError, match="no column 'caption'") as info:
+        tc.train(micro_config(csv=str(path)))
+    assert "\n" not in str(info.value)
+
+
+def test_csv_missing_or_unreadable_image_is_one_line(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not a png at all")
+    missing = tmp_path / "missing.csv"
+    missing.write_text("filepath,caption\nnowhere.png,a red circle\nbroken.png,a blue star\n")
+    with pytest.raises(InvalidInputError, match="not found") as info:
+        tc.CaptionCSV(missing)
+    assert "\n" not in str(info.value)
+    unreadable = tmp_path / "unreadable.csv"
+    unreadable.write_text("filepath,caption\nbroken.png,a blue star\nbroken.png,a red star\n")
+    with pytest.raises(InvalidInputError, match="cannot read image") as info:
+        tc.train(micro_config(csv=str(unreadable), batch_size=2))
+    assert "\n" not in str(info.value)
+
+
+def test_cli_help_and_one_line_errors(capsys):
+    with pytest.raises(SystemExit) as info:
+        tc.main(["--help"])
+    assert info.value.code == 0 and "--resume" in capsys.readouterr().out
+    assert tc.main(["--steps", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "--shapes" in err and "\n" not in err
+
+
+@pytest.mark.skipif(not BUILTIN_CLIP_MODELS["shapes-tiny"].is_file(), reason="shapes-tiny weights not built yet")
+def test_shipped_shapes_model_names_unseen_combinations():
+    path = BUILTIN_CLIP_MODELS["shapes-tiny"]
+    assert path.stat().st_size <= 10 * 1024 * 1024
+    metrics = tc.evaluate_shapes(load_clip("shapes-tiny"), count=256)
+    assert metrics["colour_acc"] >= 0.95 and metrics["shape_acc"] >= 0.90
