@@ -14,16 +14,12 @@ a CPU, to check the script.
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing as mp
-import platform
-import resource
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
+from runner import peak_memory, reset_peak_memory, run_settings, timing
 
 TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2}}
@@ -62,8 +58,7 @@ def measure(setting: dict) -> dict:
     timesteps = [int(t) for t in scheduler.timesteps]
     side = setting["size"]
     x = torch.randn((1, *model.sample_shape(side, side)), device=device, generator=torch.Generator(device).manual_seed(0))
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak_memory(device)
     seconds = []
     for index in range(setting["warmup"] + setting["steps"]):
         t = timesteps[10 + index % 30]  # mid-schedule steps
@@ -77,21 +72,7 @@ def measure(setting: dict) -> dict:
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - started)
     per_step = statistics.median(seconds[setting["warmup"]:])
-    if device.type == "cuda":
-        peak_mib = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {**setting, "seconds_per_step": round(per_step, 4), "steps_per_second": round(1 / per_step, 3),
-            "peak_memory_mib": round(peak_mib, 1), "memory_kind": "cuda allocated" if device.type == "cuda" else "process RSS"}
-
-
-def machine() -> dict:
-    """What ran the benchmark."""
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
+    return {**setting, **timing(per_step), **peak_memory(device)}
 
 
 def main() -> int:
@@ -107,22 +88,12 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
-    settings = [dict(device=args.device, kind=kind, architecture=architecture, size=size, clip=clip, cutn=cutn,
-                     precision=precision, steps=args.steps, warmup=args.warmup)
+    settings = [dict(device=args.device, model=f"{kind}:{architecture}", kind=kind, architecture=architecture,
+                     size=size, clip=clip, cutn=cutn, precision=precision, steps=args.steps, warmup=args.warmup)
                 for kind, architecture, size, clip in CONFIGS[args.config] if kind in args.kinds
                 for precision in args.precisions for cutn in args.cutns]
-    context = mp.get_context("spawn")
-    results = []
-    print(f"{'model':>16} {'size':>5} {'cutn':>5} {'precision':>9} {'s/step':>8} {'steps/s':>8} {'peak MiB':>9}")
-    for setting in settings:
-        with context.Pool(1) as pool:
-            row = pool.apply(measure, (setting,))
-        results.append(row)
-        print(f"{row['kind'] + ':' + row['architecture']:>16} {row['size']:>5} {row['cutn']:>5} {row['precision']:>9} "
-              f"{row['seconds_per_step']:>8.3f} {row['steps_per_second']:>8.3f} {row['peak_memory_mib']:>9.0f}", flush=True)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"machine": machine(), "results": results}, indent=2))
+    run_settings(measure, settings, [("model", "model", 16), ("size", "size", 5), ("cutn", "cutn", 5),
+                                     ("precision", "precision", 9)], args.json)
     return 0
 
 

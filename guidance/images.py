@@ -44,12 +44,18 @@ def tensor_to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
 
 
-def save_png(image: Image.Image | torch.Tensor, path: str | Path, recipe: dict[str, Any]) -> Path:
-    """Save a PNG whose text chunks hold the recipe (JSON) and each parameter as its own chunk."""
-    image = tensor_to_pil(image) if isinstance(image, torch.Tensor) else image
+def png_output_path(path: str | Path) -> Path:
+    """The path as a Path, or a one-line error if it cannot carry a recipe (not a .png)."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise InvalidInputError(f"output {path} must end in .png so it can carry its recipe")
+    return path
+
+
+def save_png(image: Image.Image | torch.Tensor, path: str | Path, recipe: dict[str, Any]) -> Path:
+    """Save a PNG whose text chunks hold the recipe (JSON) and each parameter as its own chunk."""
+    image = tensor_to_pil(image) if isinstance(image, torch.Tensor) else image
+    path = png_output_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     info = PngImagePlugin.PngInfo()
     info.add_itxt(RECIPE_KEY, json.dumps(recipe, default=str, sort_keys=True))

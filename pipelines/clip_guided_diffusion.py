@@ -32,7 +32,7 @@ from guidance.clip_loss import CLIPLoss, DirectionalCLIPLoss
 from guidance.clip_models import CLIPEncoder, load_clip_ensemble
 from guidance.cutouts import AUGMENT_PRESETS, MakeCutouts
 from guidance.errors import InvalidInputError, ModelUnavailableError
-from guidance.images import save_png, tensor_to_pil
+from guidance.images import png_output_path, save_png, tensor_to_pil
 from guidance.losses import range_loss, tv_loss
 from guidance.prompts import Prompt, parse_prompt, parse_prompts
 from guidance.runtime import autocast, check_precision, explain_out_of_memory, pick_device, prepare_device, resolve_seed
@@ -534,9 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """Run the CLI; returns the exit code."""
     args = build_parser().parse_args(argv)
-    output = Path(args.output)
-    if output.suffix.lower() != ".png":
-        raise InvalidInputError(f"output {output} must end in .png so it can carry its recipe")
+    output = png_output_path(args.output)
     if args.size is not None:
         parse_size(args.size)
     if args.save_model and not args.finetune_steps:

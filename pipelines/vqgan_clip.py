@@ -27,7 +27,7 @@ from guidance.clip_loss import CLIPLoss, DirectionalCLIPLoss, ImagePrompt
 from guidance.clip_models import CLIPEncoder, load_clip_ensemble
 from guidance.cutouts import AUGMENT_PRESETS, MakeCutouts
 from guidance.errors import InvalidInputError
-from guidance.images import load_image, save_png, tensor_to_pil
+from guidance.images import load_image, png_output_path, save_png, tensor_to_pil
 from guidance.prompts import parse_prompt, parse_prompts
 from guidance.runtime import autocast, check_precision, explain_out_of_memory, pick_device, prepare_device, resolve_seed
 from pipelines.common import (StepCallback, add_runtime_arguments, as_mask, clean_recipe, command_line, frame_of,
@@ -222,9 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """Run the CLI; returns the exit code."""
     args = build_parser().parse_args(argv)
-    output = Path(args.output)
-    if output.suffix.lower() != ".png":
-        raise InvalidInputError(f"output {output} must end in .png so it can carry its recipe")
+    output = png_output_path(args.output)
     seed = resolve_seed(args.seed)
     pipe = VQGANCLIPPipeline.from_pretrained(args.vqgan, args.clip_model or [DEFAULT_CLIP], args.device,
                                              args.vqgan_config, args.allow_pickle)
