@@ -1,10 +1,11 @@
 """A synthetic world of coloured shapes with captions, for training and testing CLIP offline.
 
-Every image shows one shape of one colour at one position and size over a muted background.
+Every image shows one outlined shape of one colour at one position and size over a muted background.
 Sampling is seeded per item, so item ``i`` of a dataset with seed ``s`` is the same everywhere.
 A fixed set of (colour, shape) pairs is held out of training to test compositional zero-shot.
-Part of the training stream shows shapes in unnamed colours (hues far from every named colour) with
-colour-free captions, so that shape features must not depend on colour.
+Part of the training stream shows named shapes in unnamed colours (hues far from every named colour)
+with colour-free captions, and named colours on unnamed shapes with shape-free captions, so that shape
+features must not depend on colour nor colour features on shape.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "black": (12, 12, 12),
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
+# Shapes that are drawn but never named (captions say "a red shape"); none resembles a named shape.
+UNNAMED_SHAPES: tuple[str, ...] = ("cross", "heart", "crescent")
 POSITIONS: dict[str, tuple[float, float]] = {
     "centre": (0.5, 0.5),
     "left": (0.25, 0.5),
@@ -72,7 +75,12 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
     "a drawing of a {colour} {shape} {where}",
     "{colour} {shape}",
     "a {colour} shape",
+    "a {size} {colour} shape",
+    "a {colour} shape {where}",
     "a {shape}",
+    "a {size} {shape}",
+    "a {shape} {where}",
+    "a photo of a {shape}",
 )
 # Captions for shapes in unnamed colours: no colour word.
 SHAPE_ONLY_TEMPLATES: tuple[str, ...] = (
@@ -82,11 +90,22 @@ SHAPE_ONLY_TEMPLATES: tuple[str, ...] = (
     "a photo of a {size} {shape} {where}",
     "a drawing of a {shape}",
 )
-OTHER_COLOUR_RATE = 0.5
+# Captions for unnamed shapes: no shape word.
+COLOUR_ONLY_TEMPLATES: tuple[str, ...] = (
+    "a {colour} shape",
+    "a {size} {colour} shape",
+    "a {colour} shape {where}",
+    "a photo of a {size} {colour} shape {where}",
+    "a drawing of a {colour} shape",
+)
+OTHER_COLOUR_RATE = 0.4
+OTHER_SHAPE_RATE = 0.2
+PASTEL_RATE = 0.35  # light tints give light-coloured shapes (like white ones) colour-free shape training too
 MIN_HUE_DISTANCE = 30.0 / 360.0
 BACKGROUND_GREY_RANGE = (0.15, 0.85)
 MIN_CONTRAST = 100.0
-OUTLINE_WIDTH = 0.0
+# Every shape has a thin dark outline: a colour-independent cue that lets shape features generalise across colours.
+OUTLINE_WIDTH = 0.02
 OUTLINE_COLOUR = (40, 40, 40)
 # Zero-shot prompt templates; labels carry their article ("an orange star"), see pair_labels().
 PROMPT_TEMPLATES: tuple[str, ...] = ("{}", "a photo of {}", "a picture of {}", "a drawing of {}")
@@ -136,7 +155,7 @@ def _check_vocab(colour: str | tuple[int, int, int], shape: str, position: str, 
         raise InvalidInputError(f"colour {colour!r} is neither a colour name nor an RGB triple in 0..255")
     for word, vocab, what in (
         (colour if isinstance(colour, str) else "red", COLOURS, "colour"),
-        (shape, SHAPES, "shape"),
+        (shape, SHAPES + UNNAMED_SHAPES, "shape"),
         (position, POSITIONS, "position"),
         (size, SIZES, "size"),
     ):
@@ -162,20 +181,41 @@ def _background_array(background: Background | tuple[int, int, int], n: int, rng
     return np.clip(img, 0.0, 255.0)
 
 
+def _regular(count: int, radii: tuple[float, ...], start: float) -> list[tuple[float, float]]:
+    """Vertices of a regular polygon (one radius) or star (two alternating radii), unit scale."""
+    return [(radii[k % len(radii)] * math.cos(start + 2 * math.pi * k / count),
+             radii[k % len(radii)] * math.sin(start + 2 * math.pi * k / count)) for k in range(count)]
+
+
+def _crescent() -> list[tuple[float, float]]:
+    """A unit circle minus a circle of radius 0.8 shifted right by 0.45: outer arc, then inner arc back."""
+    outer = [math.radians(a) for a in np.linspace(51.3, 308.7, 24)]
+    inner = [math.radians(a) for a in np.linspace(282.6, 77.4, 18)]
+    return [(math.cos(t), math.sin(t)) for t in outer] + [(0.45 + 0.8 * math.cos(t), 0.8 * math.sin(t)) for t in inner]
+
+
+def _heart() -> list[tuple[float, float]]:
+    """The classic parametric heart, point down, unit scale."""
+    ts = np.linspace(0, 2 * math.pi, 40, endpoint=False)
+    return [(16 * math.sin(t) ** 3 / 16, -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)) / 16)
+            for t in ts]
+
+
+UNIT_POLYGONS: dict[str, list[tuple[float, float]]] = {
+    "square": _regular(4, (0.85 * math.sqrt(2),), math.pi / 4),
+    "triangle": _regular(3, (1.2,), -math.pi / 2),
+    "star": _regular(10, (1.15, 0.48), -math.pi / 2),
+    "cross": [(0.3, -1), (0.3, -0.3), (1, -0.3), (1, 0.3), (0.3, 0.3), (0.3, 1),
+              (-0.3, 1), (-0.3, 0.3), (-1, 0.3), (-1, -0.3), (-0.3, -0.3), (-0.3, -1)],
+    "heart": _heart(),
+    "crescent": _crescent(),
+}
+
+
 def _shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
-    """Vertices of a square, triangle or star of nominal radius ``r`` (circles are drawn as ellipses)."""
-    if shape == "square":
-        radii, count, start = [r * 0.85 * math.sqrt(2)], 4, math.pi / 4
-    elif shape == "triangle":
-        radii, count, start = [r * 1.2], 3, -math.pi / 2
-    else:
-        radii, count, start = [r * 1.15, r * 0.48], 10, -math.pi / 2
-    points = []
-    for k in range(count):
-        theta = start + angle + 2 * math.pi * k / count
-        rad = radii[k % len(radii)]
-        points.append((cx + rad * math.cos(theta), cy + rad * math.sin(theta)))
-    return points
+    """Vertices of a non-circular shape of nominal radius ``r``, rotated by ``angle`` (circles are ellipses)."""
+    cos, sin = math.cos(angle), math.sin(angle)
+    return [(cx + r * (x * cos - y * sin), cy + r * (x * sin + y * cos)) for x, y in UNIT_POLYGONS[shape]]
 
 
 def _shape_mask(shape: str, cx: float, cy: float, r: float, angle: float, n: int, outline: float = 0.0,
@@ -267,22 +307,30 @@ def hue_distance(a: float, b: float) -> float:
 
 
 def sample_other_colour(rng: np.random.Generator) -> tuple[int, int, int]:
-    """A saturated RGB colour whose hue is at least MIN_HUE_DISTANCE from every named chromatic colour."""
+    """A saturated or pastel RGB colour whose hue is at least MIN_HUE_DISTANCE from every named chromatic colour."""
     hues = _named_hues()
     while True:
         hue = float(rng.uniform(0, 1))
         if min(hue_distance(hue, h) for h in hues) >= MIN_HUE_DISTANCE:
             break
-    rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0))
-    return tuple(int(round(255 * v)) for v in rgb)
+    if rng.random() < PASTEL_RATE:
+        saturation, value = rng.uniform(0.25, 0.5), rng.uniform(0.9, 1.0)
+    else:
+        saturation, value = rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0)
+    return tuple(int(round(255 * v)) for v in colorsys.hsv_to_rgb(hue, saturation, value))
 
 
-def sample_spec(rng: np.random.Generator, split: str = "train", other_colour_rate: float = 0.0) -> ShapeSpec:
-    """A random spec whose (colour, shape) pair belongs to ``split``, or, at ``other_colour_rate``, an unnamed colour."""
+def sample_spec(rng: np.random.Generator, split: str = "train", other_colour_rate: float = 0.0,
+                other_shape_rate: float = 0.0) -> ShapeSpec:
+    """A random spec whose (colour, shape) pair belongs to ``split``; at the given rates the colour or the shape
+    is replaced by an unnamed one (never both)."""
     pairs = pairs_for_split(split)
     colour, shape = pairs[int(rng.integers(len(pairs)))]
-    if rng.random() < other_colour_rate:
+    draw = rng.random()
+    if draw < other_colour_rate:
         colour = sample_other_colour(rng)
+    elif draw < other_colour_rate + other_shape_rate:
+        shape = UNNAMED_SHAPES[int(rng.integers(len(UNNAMED_SHAPES)))]
     position = list(POSITIONS)[int(rng.integers(len(POSITIONS)))]
     size = list(SIZES)[int(rng.integers(len(SIZES)))]
     return ShapeSpec(colour, shape, position, size, sample_background(rng, colour))
@@ -309,8 +357,10 @@ def shape_labels() -> list[str]:
 
 
 def caption_templates(spec: ShapeSpec) -> tuple[str, ...]:
-    """The templates that can describe a spec: colour-free ones for unnamed colours."""
-    return CAPTION_TEMPLATES if isinstance(spec.colour, str) else SHAPE_ONLY_TEMPLATES
+    """The templates that can describe a spec: colour-free ones for unnamed colours, shape-free ones for unnamed shapes."""
+    if not isinstance(spec.colour, str):
+        return SHAPE_ONLY_TEMPLATES
+    return COLOUR_ONLY_TEMPLATES if spec.shape in UNNAMED_SHAPES else CAPTION_TEMPLATES
 
 
 def caption_for(spec: ShapeSpec, template: str) -> str:
@@ -327,15 +377,14 @@ class ShapesDataset(Dataset):
     """Map-style dataset of (image CHW float in [0, 1], caption); item ``i`` depends only on (seed, i, split)."""
 
     def __init__(self, length: int, seed: int = 0, split: str = "train", image_size: int = 64,
-                 other_colour_rate: float | None = None) -> None:
-        """Create ``length`` items of ``split``; unnamed colours default to OTHER_COLOUR_RATE in training only."""
+                 unnamed: bool | None = None) -> None:
+        """Create ``length`` items of ``split``, mixing in unnamed colours and shapes if ``unnamed`` (default: for train)."""
         pairs_for_split(split)
         self.length = length
         self.seed = seed
         self.split = split
         self.image_size = image_size
-        default_rate = OTHER_COLOUR_RATE if split == "train" else 0.0
-        self.other_colour_rate = default_rate if other_colour_rate is None else other_colour_rate
+        self.unnamed = split == "train" if unnamed is None else unnamed
 
     def __len__(self) -> int:
         """Number of items."""
@@ -345,7 +394,8 @@ class ShapesDataset(Dataset):
         if not 0 <= index < self.length:
             raise IndexError(index)
         rng = _item_rng(self.seed, index)
-        spec = sample_spec(rng, self.split, self.other_colour_rate)
+        rates = (OTHER_COLOUR_RATE, OTHER_SHAPE_RATE) if self.unnamed else (0.0, 0.0)
+        spec = sample_spec(rng, self.split, *rates)
         templates = caption_templates(spec)
         return spec, caption_for(spec, templates[int(rng.integers(len(templates)))]), rng
 
@@ -408,7 +458,8 @@ def write_dataset(out: Path, count: int, seed: int = 0, split: str = "train", im
             name = f"images/{i:06d}.png"
             Image.fromarray(image).save(out / name)
             colour = spec.colour if isinstance(spec.colour, str) else "other"
-            writer.writerow([name, caption, colour, spec.shape, spec.position, spec.size])
+            shape = spec.shape if spec.shape in SHAPES else "other"
+            writer.writerow([name, caption, colour, shape, spec.position, spec.size])
     return csv_path
 
 

@@ -34,9 +34,11 @@ MAX_LOGIT_SCALE = 100.0
 EVAL_SEED = 20240601
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.", "a picture of a {}.", "a {}.")
 
+# A CLIP-style ResNet (conv nets learn shapes from little data much faster than tiny ViTs) and a narrow text
+# transformer: ~4.6 M parameters, 9.3 MB as fp16, most of it the 49408-token embedding table.
 TINY_SHAPES_CONFIG: dict = {
     "embed_dim": 128,
-    "vision_cfg": {"image_size": 64, "patch_size": 16, "width": 128, "layers": 4, "head_width": 32},
+    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16},
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 3},
 }
 
@@ -205,7 +207,7 @@ def _classify(clip: CLIPEncoder, images: torch.Tensor, labels: Sequence[str], te
 
 def evaluate_shapes(clip: CLIPEncoder, count: int = 512, seed: int = EVAL_SEED, split: str = "held_out") -> dict[str, float]:
     """Zero-shot accuracy on shapes of ``split``: colour and shape read off a ranking of all (colour, shape) prompts."""
-    dataset = world.ShapesDataset(count, seed, split, clip.image_size, other_colour_rate=0.0)
+    dataset = world.ShapesDataset(count, seed, split, clip.image_size, unnamed=False)
     items = [dataset.item(i) for i in range(count)]
     images = torch.from_numpy(np.stack([image for image, _, _ in items])).permute(0, 3, 1, 2).float().div(255)
     images = images.to(clip.device)

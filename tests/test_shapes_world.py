@@ -1,5 +1,6 @@
 """The synthetic shapes world: vocabulary, rendering, seeding, held-out pairs, the CSV writer."""
 
+import colorsys
 import csv
 
 import numpy as np
@@ -88,7 +89,7 @@ def test_positions_sizes_and_shapes_are_visible():
     assert np.argwhere(left)[:, 1].mean() < 24 < 40 < np.argwhere(right)[:, 1].mean()
     assert np.argwhere(top)[:, 0].mean() < 24
     assert left.sum() < _mask(world.render_canonical("a large blue square on the left")).sum()
-    masks = [_mask(world.render_shape_image("black", s)) for s in world.SHAPES]
+    masks = [_mask(world.render_shape_image("black", s)) for s in world.SHAPES + world.UNNAMED_SHAPES]
     for i in range(len(masks)):
         for j in range(i + 1, len(masks)):
             assert (masks[i] ^ masks[j]).sum() > 40
@@ -125,20 +126,24 @@ def test_cli_writes_images_and_csv(tmp_path):
         assert np.array_equal(image, expected) and row["caption"] == caption
 
 
-def test_unnamed_colours_are_far_from_named_ones_and_never_named():
-    import colorsys
-
+def test_unnamed_colours_and_shapes_are_never_named():
     named = [colorsys.rgb_to_hsv(*(v / 255 for v in rgb)) for rgb in world.COLOURS.values()]
     named_hues = [h for h, s, _ in named if s > 0.3]
-    stream = world.ShapesDataset(600, seed=2, split="train")
-    others = [(spec, caption) for spec, caption in map(stream.describe, range(600)) if not isinstance(spec.colour, str)]
-    assert abs(len(others) / 600 - world.OTHER_COLOUR_RATE) < 0.1
-    for spec, caption in others:
+    stream = world.ShapesDataset(800, seed=2, split="train")
+    items = [stream.describe(i) for i in range(800)]
+    other_colours = [(spec, caption) for spec, caption in items if not isinstance(spec.colour, str)]
+    other_shapes = [(spec, caption) for spec, caption in items if spec.shape in world.UNNAMED_SHAPES]
+    assert abs(len(other_colours) / 800 - world.OTHER_COLOUR_RATE) < 0.1
+    assert abs(len(other_shapes) / 800 - world.OTHER_SHAPE_RATE) < 0.1
+    for spec, caption in other_colours:
         hue = colorsys.rgb_to_hsv(*(v / 255 for v in spec.colour))[0]
         assert min(world.hue_distance(hue, h) for h in named_hues) >= world.MIN_HUE_DISTANCE - 0.002  # 8-bit rounding
-        assert not any(word in caption.split() for word in world.COLOURS)
+        assert spec.shape in world.SHAPES and not set(caption.split()) & set(world.COLOURS)
+    for spec, caption in other_shapes:
+        assert spec.colour in world.COLOURS and not set(caption.split()) & set(world.SHAPES)
     held_out = world.ShapesDataset(100, seed=2, split="held_out")
-    assert all(isinstance(held_out.describe(i)[0].colour, str) for i in range(100))
+    assert all(spec.colour in world.COLOURS and spec.shape in world.SHAPES
+               for spec, _ in map(held_out.describe, range(100)))
 
 
 def test_backgrounds_contrast_with_the_shape():

@@ -123,7 +123,6 @@ def test_cli_help_and_one_line_errors(capsys):
     assert err.startswith("error:") and "--shapes" in err and "\n" not in err
 
 
-@pytest.mark.skipif(not BUILTIN_CLIP_MODELS["shapes-tiny"].is_file(), reason="shapes-tiny weights not built yet")
 def test_shipped_shapes_model_names_unseen_combinations():
     path = BUILTIN_CLIP_MODELS["shapes-tiny"]
     assert path.stat().st_size <= 10 * 1024 * 1024

@@ -32,7 +32,7 @@ def reconstruction_error(model, images: torch.Tensor) -> float:
 
 
 def test_training_reduces_reconstruction_error() -> None:
-    config = micro(steps=40)
+    config = micro(steps=80)
     images = tv.batch_at(tv.world.ShapesDataset(64, 5, "train", 16), 0, 16)
     before = reconstruction_error(tv.build_model(config).eval(), images)
     model = tv.train(config)
