@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,12 +24,15 @@ from tqdm import tqdm
 from generators.vqgan import VQGAN, nearest_codes, parse_config, save_vqgan, tiny_vqgan_config
 from generators.vqgan.loading import CONFIG_METADATA_KEY
 from guidance.checkpoints import load_state_dict
-from guidance.errors import InvalidInputError, ToolkitError
+from guidance.errors import InvalidInputError
 from pipelines import shapes_world as world
+from pipelines import training
+from pipelines.training import (CHECKPOINTS, WEIGHTS_FILE, add_run_arguments, batch_at, check_run, due,
+                                learning_rate, optimizer_step, progress_bar, read_state, resume_step, torch_threads,
+                                train_or_exit)
 
 EVAL_SEED = 20240601
 EXPORT_NAME = "vqgan.safetensors"
-CHECKPOINTS = "checkpoints"
 
 
 def shapes_tiny_config() -> dict[str, Any]:
@@ -127,14 +127,6 @@ def restart_dead_codes(codebook: torch.Tensor, counts: torch.Tensor, z: torch.Te
     return dead.numel()
 
 
-def learning_rate(step: int, config: TrainConfig) -> float:
-    """Linear warm-up to `config.lr`, then cosine decay to a tenth of it at the last step."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(config.steps - config.warmup_steps, 1)
-    return config.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(progress, 1.0))))
-
-
 def train_step(model: VQGAN, optimizer: torch.optim.Optimizer, images: torch.Tensor, step: int,
                counts: torch.Tensor, generator: torch.Generator, config: TrainConfig) -> dict[str, float]:
     """One optimiser step (restarting dead codes every `restart_every` steps first); returns the loss terms."""
@@ -144,22 +136,12 @@ def train_step(model: VQGAN, optimizer: torch.optim.Optimizer, images: torch.Ten
     recon, quantized = reconstruct(model, images)
     counts += torch.bincount(quantized.indices.flatten(), minlength=counts.numel())
     terms = loss_terms(images, recon, quantized, config)
-    for group in optimizer.param_groups:
-        group["lr"] = learning_rate(step, config)
-    optimizer.zero_grad(set_to_none=True)
-    terms["loss"].backward()
-    if config.grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-    optimizer.step()
+    optimizer_step(optimizer, terms["loss"], learning_rate(step, config.lr, config.warmup_steps, config.steps),
+                   config.grad_clip)
     return {name: float(value.detach()) for name, value in terms.items()}
 
 
 # --- data and evaluation ------------------------------------------------------------------------------
-
-
-def batch_at(dataset: world.ShapesDataset, step: int, batch_size: int) -> torch.Tensor:
-    """The images of one step's batch: items `step * batch_size` onwards of the stream."""
-    return torch.stack([dataset[index][0] for index in range(step * batch_size, (step + 1) * batch_size)])
 
 
 def held_out_images(count: int, image_size: int = 64, seed: int = EVAL_SEED) -> torch.Tensor:
@@ -196,60 +178,27 @@ def evaluate(model: VQGAN, images: torch.Tensor, batch_size: int = 64) -> dict[s
 
 def save_checkpoint(directory: Path, model: VQGAN, optimizer: torch.optim.Optimizer, step: int,
                     counts: torch.Tensor, generator: torch.Generator) -> Path:
-    """Write `directory/step-N` (weights as safetensors, the rest with torch.save) and drop older checkpoints."""
-    target = directory / f"step-{step:08d}"
-    partial = directory / f"{target.name}.part"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    save_vqgan(model, partial / "model.safetensors")
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "code_counts": counts,
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}, partial / "state.pt")
-    partial.rename(target)
-    for older in directory.glob("step-*"):
-        if older.name < target.name:
-            shutil.rmtree(older)
-    return target
-
-
-def latest_checkpoint(directory: Path) -> Path | None:
-    """The newest complete checkpoint under `directory`, if any."""
-    found = sorted(path for path in directory.glob("step-*") if path.is_dir() and not path.name.endswith(".part"))
-    return found[-1] if found else None
+    """Write `directory/step-N`: the model as an exported VQGAN, optimiser, code counts and random states."""
+    return training.save_checkpoint(directory, step, lambda path: save_vqgan(model, path),
+                                    {"optimizer": optimizer.state_dict(), "code_counts": counts,
+                                     "generator": generator.get_state()})
 
 
 def load_checkpoint(path: Path, model: VQGAN, optimizer: torch.optim.Optimizer, counts: torch.Tensor,
                     generator: torch.Generator) -> int:
     """Restore model, optimiser, code counts and random states from a checkpoint; return its step."""
-    weights, metadata = load_state_dict(path / "model.safetensors")
+    weights, metadata = load_state_dict(path / WEIGHTS_FILE)
     if json.loads(metadata.get(CONFIG_METADATA_KEY, "null")) != json.loads(json.dumps(model.config.to_taming())):
         raise InvalidInputError(f"checkpoint {path} holds another architecture; resume with its model config")
     model.load_state_dict(weights)
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    state = read_state(path)
     optimizer.load_state_dict(state["optimizer"])
     counts.copy_(state["code_counts"])
     generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])
     return int(state["step"])
 
 
 # --- training -----------------------------------------------------------------------------------------
-
-
-def _check(config: TrainConfig) -> None:
-    """Refuse settings that cannot train, with the fix in the message."""
-    if config.steps < 1 or config.batch_size < 1:
-        raise InvalidInputError("--steps and --batch-size must be at least 1")
-    if config.resume and not config.out:
-        raise InvalidInputError("--resume needs --out, the folder holding the run's checkpoints")
-
-
-def _start(config: TrainConfig, model: VQGAN, optimizer: torch.optim.Optimizer, counts: torch.Tensor,
-           generator: torch.Generator) -> int:
-    """The step to start from: the latest checkpoint's when resuming, else 0."""
-    found = latest_checkpoint(Path(config.out) / CHECKPOINTS) if config.resume else None
-    if config.resume and found is None:
-        tqdm.write(f"no checkpoint under {Path(config.out) / CHECKPOINTS}; starting from step 0")
-    return load_checkpoint(found, model, optimizer, counts, generator) if found else 0
 
 
 def _report(step: int, metrics: dict[str, float]) -> None:
@@ -275,18 +224,18 @@ def _run(config: TrainConfig) -> VQGAN:
     counts = torch.zeros(model.n_embed, dtype=torch.long)
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
-    start = _start(config, model, optimizer, counts, generator)
+    start = resume_step(config.out, config.resume,
+                        lambda path: load_checkpoint(path, model, optimizer, counts, generator))
     dataset = world.ShapesDataset(config.steps * config.batch_size, config.seed, "train", config.image_size)
     eval_images = held_out_images(config.eval_count, config.image_size) if config.eval_count else None
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="train-vqgan",
-               disable=not config.progress, dynamic_ncols=True)
+    bar = progress_bar(start, config.steps, "train-vqgan", config.progress)
     for step in bar:
         terms = train_step(model, optimizer, batch_at(dataset, step, config.batch_size), step, counts, generator,
                            config)
         bar.set_postfix(loss=f"{terms['loss']:.4f}", rec=f"{terms['rec']:.4f}", commit=f"{terms['commit']:.4f}")
-        if eval_images is not None and config.eval_every and (step + 1) % config.eval_every == 0:
+        if eval_images is not None and due(step, config.eval_every):
             _report(step + 1, evaluate(model, eval_images))
-        if config.out and config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
+        if config.out and due(step, config.checkpoint_every):
             save_checkpoint(Path(config.out) / CHECKPOINTS, model, optimizer, step + 1, counts, generator)
     model.eval().requires_grad_(False)
     if config.out:
@@ -297,13 +246,9 @@ def _run(config: TrainConfig) -> VQGAN:
 
 def train(config: TrainConfig) -> VQGAN:
     """Train a VQGAN as `config` says; export it to `config.out/vqgan.safetensors` when `out` is set."""
-    _check(config)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(config.threads or previous)
-    try:
+    check_run(config.steps, config.batch_size, config.resume, config.out)
+    with torch_threads(config.threads):
         return _run(config)
-    finally:
-        torch.set_num_threads(previous)
 
 
 # --- CLI ----------------------------------------------------------------------------------------------
@@ -313,39 +258,24 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     """Read the command line into a `TrainConfig`."""
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(prog="python -m pipelines.train_vqgan", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="run folder: checkpoints/, vqgan.safetensors, metrics.json")
+    add_run_arguments(parser, defaults, "run folder: checkpoints/, vqgan.safetensors, metrics.json")
     parser.add_argument("--model-config", default=None,
                         help="taming model.yaml (or JSON) of the architecture; default: the shapes-tiny f4 config")
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="optimiser steps in all")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per step")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak Adam learning rate")
-    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps, help="linear warm-up steps")
     parser.add_argument("--l1-weight", type=float, default=defaults.l1_weight, help="weight of the L1 loss")
     parser.add_argument("--mse-weight", type=float, default=defaults.mse_weight, help="weight of the MSE loss")
     parser.add_argument("--beta", type=float, default=defaults.beta, help="weight of the commitment loss")
     parser.add_argument("--restart-every", type=int, default=defaults.restart_every,
                         help="restart codes unused for this many steps (0: never)")
-    parser.add_argument("--grad-clip", type=float, default=defaults.grad_clip, help="gradient norm limit (0: none)")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the weights, data and restarts")
-    parser.add_argument("--image-size", type=int, default=defaults.image_size, help="side of the training images")
     parser.add_argument("--eval-every", type=int, default=defaults.eval_every,
                         help="report held-out PSNR every this many steps (0: only at the end)")
     parser.add_argument("--eval-count", type=int, default=defaults.eval_count, help="held-out images to evaluate")
-    parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every,
-                        help="checkpoint every this many steps (0: never)")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint under --out")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 for bit-exact reruns)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     return TrainConfig(**vars(parser.parse_args(argv)))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI entry point: train, export, and print the final held-out evaluation."""
     config = parse_args(argv)
-    try:
-        train(config)
-    except ToolkitError as error:
-        sys.exit(f"error: {error}")
+    train_or_exit(train, config)
     summary = json.loads((Path(config.out) / "metrics.json").read_text(encoding="utf-8"))
     print(f"wrote {Path(config.out) / EXPORT_NAME} ({summary['bytes']} bytes) in {summary['seconds']:.0f} s")
     if "psnr" in summary:

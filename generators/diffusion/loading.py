@@ -25,8 +25,9 @@ from generators.diffusion.models import DiffusionModel, LatentDiffusion, PixelDi
 from guidance.errors import InvalidInputError, ModelUnavailableError
 from guidance.network import HUB_HOST, host_reachable, hub_offline
 
-# Models shipped inside the package: name -> diffusers folder.
-BUILTIN_DIFFUSION_MODELS: dict[str, Path] = {}
+# Models shipped inside the package: name -> diffusers folder. shapes-tiny: a 32x32 DDPM of the shapes world,
+# trained by pipelines/train_diffusion.py.
+BUILTIN_DIFFUSION_MODELS: dict[str, Path] = {"shapes-tiny": Path(__file__).parents[1] / "weights" / "shapes-tiny-ddpm"}
 
 INFO_FILE = "clip_guidance.json"
 LOCAL_FOLDER_HINT = ("pass a local diffusers folder instead: --model path/to/folder "

@@ -1,0 +1,48 @@
+"""Pixel statistics that judge an image's colours without CLIP: hue of the saturated pixels, and whether an image
+shows one clear single-coloured shape."""
+
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+from PIL import Image
+
+from pipelines.shapes_world import COLOURS
+
+CHROMATIC = [name for name, rgb in COLOURS.items() if max(rgb) - min(rgb) > 60]
+HUES = np.array([colorsys.rgb_to_hsv(*(c / 255 for c in COLOURS[name]))[0] for name in CHROMATIC])
+
+
+def colour_shares(image: Image.Image | np.ndarray, min_saturation: float = 0.45, min_value: float = 0.3) -> dict[str, float]:
+    """Fraction of all pixels that are saturated and closest in hue to each named chromatic colour."""
+    image = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
+    hsv = np.asarray(image.convert("RGB").convert("HSV"), dtype=np.float32) / 255
+    hue, saturation, value = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    chromatic = (saturation >= min_saturation) & (value >= min_value)
+    distance = np.abs(hue[..., None] - HUES)
+    nearest = np.minimum(distance, 1 - distance).argmin(-1)
+    return {name: float((chromatic & (nearest == i)).mean()) for i, name in enumerate(CHROMATIC)}
+
+
+def dominant_colour(image: Image.Image | np.ndarray) -> str:
+    """The named chromatic colour covering most saturated pixels ('none' if no pixel is saturated)."""
+    shares = colour_shares(image)
+    name = max(shares, key=shares.get)
+    return name if shares[name] > 0 else "none"
+
+
+# A clear shape covers 1% (a small shape at 32 px) to 35% of the image (a large one covers at most ~20%), and its
+# colour takes at least 70% of the saturated pixels; noise and colour fields fail both ways.
+SHAPE_AREA = (0.01, 0.35)
+SHAPE_PURITY = 0.7
+
+
+def single_shape_colour(image: Image.Image | np.ndarray) -> str | None:
+    """The named chromatic colour of the one clear single-coloured shape an image shows; None when it shows no such
+    shape (or only a white, black or pale one)."""
+    shares = colour_shares(image)
+    name = max(shares, key=shares.get)
+    low, high = SHAPE_AREA
+    clear = low <= shares[name] <= high and shares[name] >= SHAPE_PURITY * sum(shares.values())
+    return name if clear else None

@@ -1,0 +1,362 @@
+"""Train a small unconditional DDPM (a diffusers UNet2DModel predicting noise) on the shapes world.
+
+Each step noises a batch of shapes-world images (scaled to [-1, 1]) to uniformly drawn timesteps of a 1000-step
+cosine schedule and regresses the noise with min-SNR-gamma weighted MSE (AdamW, warm-up then cosine decay,
+gradient clipping). An exponential moving average of the weights, its decay warmed up as (1 + step) / (10 + step),
+is what is evaluated and exported. Batches, noise and timesteps depend only on (seed, step), and the optimiser
+and EMA are checkpointed, so a resumed run equals an uninterrupted one. Evaluations sample with DDIM, save a grid
+PNG and count the samples that show one clear single-coloured shape (pixel statistics, no CLIP). The result,
+`out/model`, is a diffusers folder for `load_diffusion`; shipped as generators/weights/shapes-tiny-ddpm
+(the built-in model 'shapes-tiny').
+
+CLI (about 25 minutes on one CPU core):
+    python -m pipelines.train_diffusion --out outputs/shapes-tiny-ddpm --steps 2400 --batch-size 16 --seed 0 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DModel
+from torchvision.utils import save_image
+from tqdm import tqdm
+
+from generators.diffusion import PixelDiffusion, make_scheduler, save_diffusion, scheduler_step
+from generators.diffusion.models import downsampling_factor
+from guidance.checkpoints import load_state_dict, save_state_dict
+from guidance.errors import InvalidInputError
+from pipelines import shapes_world as world
+from pipelines import training
+from pipelines.colour_stats import single_shape_colour
+from pipelines.training import (CHECKPOINTS, WEIGHTS_FILE, add_run_arguments, batch_at, check_run, due,
+                                learning_rate, optimizer_step, progress_bar, read_state, resume_step, torch_threads,
+                                train_or_exit)
+
+EVAL_SEED = 20240601
+EVAL_LOSS_IMAGES = 64
+EXPORT_DIR = "model"
+MODEL_NAME = "shapes-tiny"
+CONFIG_METADATA_KEY = "unet_config"
+GRID_SCALE = 4  # sample grids are upscaled (nearest) so that 32 px images can be looked at
+SCHEDULER_CONFIG: dict[str, Any] = {
+    "_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2",
+    "clip_sample": True, "prediction_type": "epsilon", "variance_type": "fixed_small",
+}
+
+
+def shapes_tiny_config(sample_size: int = 32) -> dict[str, Any]:
+    """The shipped `shapes-tiny` UNet2DModel: 32/64/64 channels at 32/16/8 px, one res block per level and one
+    attention block (the middle block's, at the lowest resolution); 1.1M parameters, 4.2 MB as float32."""
+    return {"sample_size": sample_size, "in_channels": 3, "out_channels": 3, "layers_per_block": 1,
+            "block_out_channels": [32, 64, 64], "down_block_types": ["DownBlock2D"] * 3,
+            "up_block_types": ["UpBlock2D"] * 3, "attention_head_dim": 32, "norm_num_groups": 8}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; the CLI flags map one-to-one onto these fields."""
+
+    out: str | None = None
+    model_config: str | dict | None = None
+    split: str = "train"
+    steps: int = 2400
+    batch_size: int = 16
+    lr: float = 5e-4
+    warmup_steps: int = 100
+    ema_decay: float = 0.999
+    snr_gamma: float = 5.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    image_size: int = 32
+    eval_every: int = 600
+    eval_count: int = 16
+    sample_steps: int = 50
+    checkpoint_every: int = 600
+    resume: bool = False
+    threads: int | None = None
+    progress: bool = True
+
+
+# --- model, noise and loss ----------------------------------------------------------------------------
+
+
+def unet_config(config: TrainConfig) -> dict[str, Any]:
+    """The UNet2DModel config of a run (`model_config`, a dict or JSON file, default `shapes_tiny_config()`), its
+    sample size set to the run's image size."""
+    source = config.model_config or shapes_tiny_config()
+    if not isinstance(source, dict):
+        try:
+            source = json.loads(Path(source).expanduser().read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise InvalidInputError(f"cannot read the model config {source}: {str(error).splitlines()[0]}") from None
+    return {**source, "sample_size": config.image_size}
+
+
+def build_model(config: TrainConfig) -> UNet2DModel:
+    """A trainable RGB UNet2DModel of the run's config, initialised from `config.seed`."""
+    settings = unet_config(config)
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(config.seed)
+            unet = UNet2DModel.from_config(settings)
+    except (TypeError, ValueError, KeyError) as error:
+        reason = str(error).splitlines()[0]
+        raise InvalidInputError(f"the model config does not build a UNet2DModel: {reason}") from None
+    if unet.config.in_channels != 3 or unet.config.out_channels != 3:
+        raise InvalidInputError("the model config must have in_channels and out_channels 3 (RGB pixels)")
+    factor = downsampling_factor(unet.config.block_out_channels)
+    if config.image_size < 16 or config.image_size % factor:
+        raise InvalidInputError(f"--image-size {config.image_size} must be at least 16 and a multiple of {factor} "
+                                "(the UNet's downsampling), e.g. 32")
+    return unet.requires_grad_(True).train()
+
+
+def noise_schedule() -> torch.Tensor:
+    """alpha_bar(t) of the training schedule, float32, one per timestep."""
+    settings = {key: value for key, value in SCHEDULER_CONFIG.items() if not key.startswith("_")}
+    return DDPMScheduler.from_config(settings).alphas_cumprod.float()
+
+
+def step_noise(shape: Sequence[int], seed: int, step: int, timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The noise and the timesteps (one per image) of one step, drawn from a generator seeded by (seed, step)."""
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
+    t = torch.randint(0, timesteps, (shape[0],), generator=generator)
+    return torch.randn(tuple(shape), generator=generator), t
+
+
+def diffusion_loss(unet: UNet2DModel, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                   alphas_cumprod: torch.Tensor, snr_gamma: float = 0.0) -> torch.Tensor:
+    """Noise-prediction MSE of samples x0 (in [-1, 1]) noised to timesteps t, each image weighted by
+    min(1, snr_gamma / SNR(t)) when `snr_gamma` is set (min-SNR weighting), else plainly averaged."""
+    alpha = alphas_cumprod[t].view(-1, 1, 1, 1)
+    noisy = alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise
+    per_image = F.mse_loss(unet(noisy, t).sample, noise, reduction="none").mean((1, 2, 3))
+    if snr_gamma:
+        per_image = per_image * (snr_gamma * (1 - alpha.flatten()) / alpha.flatten()).clamp(max=1.0)
+    return per_image.mean()
+
+
+def ema_decay(step: int, decay: float) -> float:
+    """The EMA decay after step index `step`: `decay`, warmed up as (1 + step) / (10 + step)."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """Move every EMA weight towards the model's: ema = decay * ema + (1 - decay) * model."""
+    for average, weight in zip(ema.parameters(), model.parameters()):
+        average.lerp_(weight, 1 - decay)
+
+
+def train_step(unet: UNet2DModel, ema: UNet2DModel, optimizer: torch.optim.Optimizer, images: torch.Tensor, step: int,
+               alphas_cumprod: torch.Tensor, config: TrainConfig) -> float:
+    """One optimiser step on images in [0, 1], then the EMA update; returns the step's loss."""
+    noise, t = step_noise(images.shape, config.seed, step, len(alphas_cumprod))
+    loss = diffusion_loss(unet, images * 2 - 1, noise, t, alphas_cumprod, config.snr_gamma)
+    optimizer_step(optimizer, loss, learning_rate(step, config.lr, config.warmup_steps, config.steps), config.grad_clip)
+    update_ema(ema, unet, ema_decay(step, config.ema_decay))
+    return float(loss.detach())
+
+
+# --- sampling and evaluation --------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def sample(model: PixelDiffusion, count: int, steps: int = 50, seed: int = EVAL_SEED) -> torch.Tensor:
+    """`count` unguided deterministic DDIM samples (eta 0, `steps` steps) at the model's size, in [0, 1]."""
+    sampler = make_scheduler("ddim", model.scheduler_config, steps)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn((count, *model.sample_shape(*model.native_size)), generator=generator)
+    for t in sampler.timesteps.tolist():
+        x, _ = scheduler_step(sampler, model.predict_eps(x, t), t, x, 0.0, generator)
+    return model.to_image(x).clamp(0, 1)
+
+
+def as_arrays(images: torch.Tensor) -> list[np.ndarray]:
+    """BCHW images in [0, 1] as HxWx3 uint8 arrays."""
+    return list((images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy())
+
+
+def shape_statistics(images: torch.Tensor) -> dict[str, Any]:
+    """The share of images showing one clear single-coloured shape, and how many of them have each colour."""
+    colours = [single_shape_colour(image) for image in as_arrays(images)]
+    found = [colour for colour in colours if colour is not None]
+    return {"clear_shapes": len(found) / max(len(colours), 1),
+            "colours": {name: found.count(name) for name in sorted(set(found))}}
+
+
+def eval_batch(config: TrainConfig, timesteps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fixed data for the evaluation loss: images of the run's split in [-1, 1], noise, and evenly spread timesteps."""
+    dataset = world.ShapesDataset(EVAL_LOSS_IMAGES, EVAL_SEED, config.split, config.image_size)
+    x0 = batch_at(dataset, 0, EVAL_LOSS_IMAGES) * 2 - 1
+    noise, _ = step_noise(x0.shape, EVAL_SEED, 0, timesteps)
+    return x0, noise, torch.linspace(0, timesteps - 1, EVAL_LOSS_IMAGES).round().long()
+
+
+@torch.no_grad()
+def evaluate(model: PixelDiffusion, fixed: tuple[torch.Tensor, torch.Tensor, torch.Tensor], config: TrainConfig,
+             grid: Path | None) -> dict[str, Any]:
+    """Plain noise-prediction MSE on the fixed batch, and the shape statistics of `eval_count` DDIM samples
+    (saved as a grid PNG at `grid` when given)."""
+    metrics: dict[str, Any] = {"eval_loss": float(diffusion_loss(model.unet, *fixed, model.alphas_cumprod.float()))}
+    if config.eval_count:
+        images = sample(model, config.eval_count, config.sample_steps)
+        metrics.update(shape_statistics(images))
+        if grid is not None:
+            grid.parent.mkdir(parents=True, exist_ok=True)
+            save_image(F.interpolate(images, scale_factor=GRID_SCALE, mode="nearest"), grid,
+                       nrow=math.ceil(math.sqrt(len(images))), padding=GRID_SCALE, pad_value=1.0)
+    return metrics
+
+
+# --- checkpoints --------------------------------------------------------------------------------------
+
+
+def _config_json(unet: UNet2DModel) -> str:
+    """The UNet's architecture as canonical JSON, to recognise it in checkpoints."""
+    return json.dumps(dict(unet.config), sort_keys=True)
+
+
+def save_checkpoint(directory: Path, unet: UNet2DModel, ema: UNet2DModel, optimizer: torch.optim.Optimizer,
+                    step: int) -> Path:
+    """Write `directory/step-N`: the weights and their EMA (safetensors, with the architecture), and the optimiser."""
+    weights = {**{f"model.{k}": v for k, v in unet.state_dict().items()},
+               **{f"ema.{k}": v for k, v in ema.state_dict().items()}}
+    return training.save_checkpoint(
+        directory, step, lambda path: save_state_dict(weights, path, {CONFIG_METADATA_KEY: _config_json(unet)}),
+        {"optimizer": optimizer.state_dict()})
+
+
+def load_checkpoint(path: Path, unet: UNet2DModel, ema: UNet2DModel, optimizer: torch.optim.Optimizer) -> int:
+    """Restore the weights, their EMA, the optimiser and torch's random state from a checkpoint; return its step."""
+    weights, metadata = load_state_dict(path / WEIGHTS_FILE)
+    if metadata.get(CONFIG_METADATA_KEY) != _config_json(unet):
+        raise InvalidInputError(f"checkpoint {path} holds another architecture; resume with its model config")
+    for prefix, module in (("model.", unet), ("ema.", ema)):
+        module.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+    state = read_state(path)
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["step"])
+
+
+# --- training -----------------------------------------------------------------------------------------
+
+
+def _check(config: TrainConfig) -> None:
+    """Refuse settings that cannot train, with the fix in the message."""
+    check_run(config.steps, config.batch_size, config.resume, config.out)
+    if config.seed < 0:
+        raise InvalidInputError(f"--seed {config.seed} must be 0 or more")
+    if not 0 <= config.ema_decay < 1 or config.snr_gamma < 0:
+        raise InvalidInputError("--ema-decay must be in [0, 1) and --snr-gamma 0 or more")
+    if config.eval_count < 0 or config.sample_steps < 1:
+        raise InvalidInputError("--eval-count must be 0 or more and --sample-steps at least 1")
+    world.pairs_for_split(config.split)
+
+
+def _report(step: int, metrics: dict[str, Any], count: int) -> None:
+    """Print one evaluation line."""
+    line = f"step {step}: eval loss {metrics['eval_loss']:.4f}"
+    if "clear_shapes" in metrics:
+        line += (f", {round(metrics['clear_shapes'] * count)}/{count} samples show one clear single-colour shape "
+                 f"{metrics['colours']}")
+    tqdm.write(line)
+
+
+def _finish(config: TrainConfig, model: PixelDiffusion, metrics: dict[str, Any], data: torch.Tensor,
+            losses: list[float], seconds: float) -> None:
+    """Export the EMA model as a diffusers folder and write `metrics.json` next to it (with the share of clear
+    single-colour shapes among the training images `data`, in [-1, 1], to compare the samples' with)."""
+    out = Path(config.out)
+    folder = save_diffusion(model, out / EXPORT_DIR)
+    summary = {"steps": config.steps, "train_loss": float(np.mean(losses[-100:])) if losses else None, **metrics,
+               "data_clear_shapes": shape_statistics((data + 1) / 2)["clear_shapes"],
+               "seconds": round(seconds, 1), "parameters": sum(p.numel() for p in model.unet.parameters()),
+               "bytes": sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()),
+               "config": asdict(config)}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
+
+def _run(config: TrainConfig) -> PixelDiffusion:
+    """The training loop of `train`, on the current thread settings."""
+    started = time.perf_counter()
+    unet = build_model(config)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    info = {"training": {key: value for key, value in asdict(config).items()
+                         if key not in ("out", "resume", "threads", "progress")}}
+    model = PixelDiffusion(ema, SCHEDULER_CONFIG, MODEL_NAME, info)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr)
+    alphas_cumprod = noise_schedule()
+    torch.manual_seed(config.seed)  # only dropout (off in shapes_tiny_config) draws from the global generator
+    start = resume_step(config.out, config.resume, lambda path: load_checkpoint(path, unet, ema, optimizer))
+    dataset = world.ShapesDataset(config.steps * config.batch_size, config.seed, config.split, config.image_size)
+    fixed = eval_batch(config, len(alphas_cumprod))
+    losses: list[float] = []
+    bar = progress_bar(start, config.steps, "train-diffusion", config.progress)
+    for step in bar:
+        losses.append(train_step(unet, ema, optimizer, batch_at(dataset, step, config.batch_size), step,
+                                 alphas_cumprod, config))
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if due(step, config.eval_every) and step + 1 < config.steps:  # the last step's is the final evaluation
+            grid = Path(config.out) / f"samples-step-{step + 1:08d}.png" if config.out else None
+            _report(step + 1, evaluate(model, fixed, config, grid), config.eval_count)
+        if config.out and due(step, config.checkpoint_every):
+            save_checkpoint(Path(config.out) / CHECKPOINTS, unet, ema, optimizer, step + 1)
+    if config.out:
+        _finish(config, model, evaluate(model, fixed, config, Path(config.out) / "samples.png"), fixed[0], losses,
+                time.perf_counter() - started)
+    return model
+
+
+def train(config: TrainConfig) -> PixelDiffusion:
+    """Train a DDPM as `config` says; returns the EMA model, exported to `config.out/model` when `out` is set."""
+    _check(config)
+    with torch_threads(config.threads):
+        return _run(config)
+
+
+# --- CLI ----------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
+    """Read the command line into a `TrainConfig`."""
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(prog="python -m pipelines.train_diffusion",
+                                     description=__doc__.split("\n\n")[0])
+    add_run_arguments(parser, defaults, "run folder: checkpoints/, model/ (the diffusers folder), sample grids, "
+                                        "metrics.json")
+    parser.add_argument("--model-config", default=None,
+                        help="UNet2DModel config (JSON, e.g. a unet/config.json); default: the shapes-tiny config")
+    parser.add_argument("--split", choices=world.SPLITS, default=defaults.split,
+                        help="shapes-world pairs to train on ('all' includes the held-out pairs)")
+    parser.add_argument("--ema-decay", type=float, default=defaults.ema_decay, help="decay of the weights' EMA")
+    parser.add_argument("--snr-gamma", type=float, default=defaults.snr_gamma,
+                        help="min-SNR loss weighting gamma (0: plain noise MSE)")
+    parser.add_argument("--eval-every", type=int, default=defaults.eval_every,
+                        help="sample and evaluate every this many steps (0: only at the end)")
+    parser.add_argument("--eval-count", type=int, default=defaults.eval_count, help="samples per evaluation")
+    parser.add_argument("--sample-steps", type=int, default=defaults.sample_steps, help="DDIM steps per sample")
+    return TrainConfig(**vars(parser.parse_args(argv)))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """CLI entry point: train, export, and print the final evaluation."""
+    config = parse_args(argv)
+    train_or_exit(train, config)
+    summary = json.loads((Path(config.out) / "metrics.json").read_text(encoding="utf-8"))
+    print(f"wrote {Path(config.out) / EXPORT_DIR} ({summary['bytes']} bytes) in {summary['seconds']:.0f} s")
+    _report(config.steps, summary, config.eval_count)
+
+
+if __name__ == "__main__":
+    main()
