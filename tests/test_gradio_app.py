@@ -1,0 +1,378 @@
+"""The web app's handlers, called directly (no browser): inputs, errors, streaming, stopping, saved recipes."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from apps.gradio_app import (DIFFUSION, DIRECTIONAL_EDIT, INIT_IMAGE_EDIT, MASKED_EDIT, RUNS, VQGAN_CLIP, AppConfig,
+                             PipelineCache, Preview, WebApp, build_app, build_parser, check_size, editor_mask,
+                             editor_photo, error_message, main, merge_negative_prompt, seed_of, stream_pipeline,
+                             uploaded_mask)
+from guidance.errors import InvalidInputError
+from guidance.images import read_recipe
+from guidance.prompts import parse_prompts
+from pipelines.common import run_cli
+
+PREVIEW, STATUS, GALLERY, FILES, SEED, RESULTS = range(6)
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory) -> WebApp:
+    """The handlers on CPU with a shared model cache (the shapes-tiny models load once for the module)."""
+    return WebApp(AppConfig(device="cpu", max_size=128, max_upload_pixels=128 * 128,
+                            output_dir=tmp_path_factory.mktemp("app-results")))
+
+
+def session(name: str = "test") -> SimpleNamespace:
+    """A stand-in for gr.Request: the handlers only read the session hash."""
+    return SimpleNamespace(session_hash=name)
+
+
+def generate(app: WebApp, prompt: str = "a red circle", request: Any = None, **overrides: Any):
+    """The text-to-image handler with tiny settings on the shapes-tiny models (a generator of outputs)."""
+    args = dict(prompt=prompt, negative="", method=VQGAN_CLIP, vqgan="shapes-tiny", diffusion="shapes-tiny",
+                clip_models=["shapes-tiny"], size="64", steps=4, cutn=4, seed=3, random_seed=False, lr=None,
+                cut_pow=None, augment="default", clip_scale=None, tv_scale=None, range_scale=None, precision="fp32",
+                results=[])
+    return app.generate(**{**args, **overrides}, request=request or session())
+
+
+def edit(app: WebApp, editor: dict[str, Any], request: Any = None, **overrides: Any):
+    """The edit handler with tiny settings on the shapes-tiny models (a generator of outputs)."""
+    args = dict(mask_file=None, target="a blue circle", source="", edit_method=MASKED_EDIT, method=VQGAN_CLIP,
+                vqgan="shapes-tiny", diffusion="shapes-tiny", clip_models=["shapes-tiny"], steps=4, cutn=4,
+                edit_strength=0.5, seed=1, random_seed=False, lr=None, cut_pow=None, augment="default",
+                clip_scale=None, tv_scale=None, range_scale=None, precision="fp32", results=[])
+    return app.edit(editor, **{**args, **overrides}, request=request or session())
+
+
+def last_outputs(handler) -> tuple:
+    """Run a handler to the end; its final outputs."""
+    outputs = None
+    for outputs in handler:
+        pass
+    return outputs
+
+
+def error_of(handler) -> tuple[str, list[tuple]]:
+    """Run a handler that fails: the gr.Error's message and the outputs it yielded before."""
+    seen = []
+    with pytest.raises(gr.Error) as caught:
+        for outputs in handler:
+            seen.append(outputs)
+    return caught.value.message, seen
+
+
+def photo_editor(painted: tuple[int, int, int, int] | None = (8, 8, 24, 24), size: int = 48) -> dict[str, Any]:
+    """An ImageEditor value: a red disc on grey, and a layer with the painted box (RGBA, alpha = paint)."""
+    background = Image.new("RGBA", (size, size), (128, 128, 128, 255))
+    ImageDraw.Draw(background).ellipse((size // 4, size // 4, 3 * size // 4, 3 * size // 4), fill=(220, 30, 30, 255))
+    layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    if painted:
+        ImageDraw.Draw(layer).rectangle(painted, fill=(255, 48, 48, 255))
+    return {"background": background, "layers": [layer], "composite": background}
+
+
+# --- inputs ---------------------------------------------------------------------------------------------------
+
+
+def test_negative_prompt_items_are_appended_with_negative_weights():
+    merged = merge_negative_prompt("a red circle:2", "blue | a green square:0.5 | a clock at 10:30")
+    assert merged == "a red circle:2|blue:-1|a green square:-0.5|a clock at 10:30 :-1"
+    assert [(p.text, p.weight) for p in parse_prompts(merged)] == [
+        ("a red circle", 2.0), ("blue", -1.0), ("a green square", -0.5), ("a clock at 10:30", -1.0)]
+
+
+def test_negative_prompt_keeps_stops_and_may_be_empty():
+    assert merge_negative_prompt("a red circle", "  ") == "a red circle"
+    assert parse_prompts(merge_negative_prompt("a", "b:-2:0.3"))[1] == parse_prompts("b:-2:0.3")[0]
+    with pytest.raises(InvalidInputError, match="empty"):
+        merge_negative_prompt("a red circle", "blue||green")
+
+
+def test_mask_is_the_painted_area_of_the_layers():
+    mask = editor_mask(photo_editor(painted=(8, 4, 23, 11)))
+    expected = np.zeros((48, 48), dtype=bool)
+    expected[4:12, 8:24] = True
+    assert mask.mode == "L" and mask.size == (48, 48)
+    assert np.array_equal(np.asarray(mask) == 255, expected)
+
+
+def test_mask_joins_layers_of_any_size_and_numpy_values():
+    editor = photo_editor(painted=(0, 0, 5, 5))
+    small = np.zeros((24, 24, 4), dtype=np.uint8)
+    small[12:, 12:, 3] = 200  # the bottom-right quarter, at half the canvas size
+    editor["layers"].append(small)
+    painted = np.asarray(editor_mask(editor)) > 0
+    assert painted[:6, :6].all() and painted[24:, 24:].all() and not painted[10:20, 10:20].any()
+
+
+def test_no_paint_gives_no_mask():
+    assert editor_mask(photo_editor(painted=None)) is None
+    assert editor_mask({"background": None, "layers": [], "composite": None}) is None
+    assert editor_mask(None) is None
+
+
+def test_photo_is_flattened_on_white():
+    background = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    photo = editor_photo({"background": background, "layers": [], "composite": None}, max_pixels=100)
+    assert photo.mode == "RGB" and photo.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_missing_and_oversized_uploads_are_refused_in_one_line():
+    with pytest.raises(InvalidInputError, match="upload a photo"):
+        editor_photo({"background": None, "layers": [], "composite": None}, max_pixels=100)
+    with pytest.raises(InvalidInputError, match=r"48x48, more than the 1,000 pixels this app accepts"):
+        editor_photo(photo_editor(), max_pixels=1000)
+
+
+def test_unsupported_mask_file_is_refused(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    with pytest.raises(InvalidInputError, match="use a PNG, JPEG or WebP"):
+        uploaded_mask(text)
+    Image.new("L", (8, 8), 255).save(tmp_path / "mask.png")
+    assert np.asarray(uploaded_mask(tmp_path / "mask.png")).min() == 255
+
+
+def test_sizes_above_the_limit_are_refused():
+    assert check_size("", 128) is None
+    assert check_size("96x64", 128) == (96, 64)
+    with pytest.raises(InvalidInputError, match="--max-size 256"):
+        check_size("256", 128)
+    with pytest.raises(InvalidInputError, match="WIDTHxHEIGHT"):
+        check_size("big", 128)
+
+
+def test_seed_is_fresh_when_random_is_ticked():
+    assert seed_of(7, False) == 7
+    assert seed_of(None, False) >= 0
+    assert len({seed_of(7, True) for _ in range(5)}) > 1
+
+
+def test_unexpected_errors_read_as_one_line(caplog):
+    assert "out of memory" in error_message(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    message = error_message(KeyError("boom\nsecond line"))
+    assert message.startswith("unexpected error (KeyError:") and "\n" not in message
+    assert "Traceback" not in message
+
+
+# --- running --------------------------------------------------------------------------------------------------
+
+
+def test_cache_loads_each_pipeline_once_and_drops_the_oldest():
+    loads = []
+    cache = PipelineCache(capacity=2, loader=lambda *key: loads.append(key) or object())
+    device = torch.device("cpu")
+    first = cache.get(VQGAN_CLIP, "a", ["c"], device)
+    assert cache.get(VQGAN_CLIP, "a", ["c"], device) is first
+    cache.get(DIFFUSION, "b", ["c"], device)
+    cache.get(DIFFUSION, "d", ["c"], device)  # evicts the VQGAN one
+    cache.get(VQGAN_CLIP, "a", ["c"], device)
+    assert len(loads) == 4 and len(cache) == 2
+
+
+def test_stream_yields_the_newest_preview_then_the_output_and_raises_run_errors():
+    first_shown, queued, newest_shown = threading.Event(), threading.Event(), threading.Event()
+
+    def run(callback):
+        callback(1, torch.zeros(1, 3, 4, 4))
+        first_shown.wait(timeout=10)
+        for step in (2, 3, 4):  # arrive while the page is busy: only the newest is shown
+            callback(step, torch.ones(1, 3, 4, 4))
+        queued.set()
+        newest_shown.wait(timeout=10)
+        return "output"
+
+    events = []
+    for event in stream_pipeline(run, threading.Event()):
+        events.append(event)
+        if isinstance(event, Preview) and event.step == 1:
+            first_shown.set()
+            queued.wait(timeout=10)
+        elif isinstance(event, Preview):
+            newest_shown.set()
+    assert [event.step for event in events[:-1]] == [1, 4] and events[-1] == "output"
+    assert events[1].image.size == (4, 4) and events[1].image.getpixel((0, 0)) == (255, 255, 255)
+
+    def broken(callback):
+        raise InvalidInputError("bad input")
+
+    with pytest.raises(InvalidInputError, match="bad input"):
+        list(stream_pipeline(broken, threading.Event()))
+
+
+def test_leaving_a_stream_early_stops_the_run_and_waits_for_it():
+    stop, finished = threading.Event(), threading.Event()
+
+    def run(callback):
+        while not callback(1, torch.zeros(1, 3, 4, 4)):
+            pass
+        finished.set()
+
+    stream = stream_pipeline(run, stop)
+    assert isinstance(next(stream), Preview)
+    stream.close()
+    assert stop.is_set() and finished.is_set()
+
+
+def test_generate_streams_previews_and_saves_the_png_with_its_recipe(app):
+    outputs = list(generate(app, "a red circle", negative="blue", steps=4))
+    previews = [o[PREVIEW] for o in outputs[:-1] if isinstance(o[PREVIEW], Image.Image)]
+    assert previews, "no intermediate image was streamed"
+    final = outputs[-1]
+    assert "Done: 4 steps" in final[STATUS]
+    path = Path(final[FILES][0])
+    assert final[GALLERY] == final[RESULTS] == [str(path)]
+    recipe = read_recipe(path)
+    assert recipe["prompt"] == "a red circle|blue:-1" and recipe["seed"] == 3 and recipe["steps_done"] == 4
+    assert recipe["vqgan"] == "shapes-tiny" and recipe["clip_models"] == ["shapes-tiny:1"]
+    assert recipe["command"].startswith("python -m pipelines.vqgan_clip 'a red circle|blue:-1' --vqgan shapes-tiny")
+    assert "--seed 3" in recipe["command"] and "--size 64x64" in recipe["command"]
+    assert Image.open(path).size == (64, 64)
+
+
+def test_random_seed_is_shown_and_recorded(app):
+    outputs = list(generate(app, steps=1, seed=None, random_seed=True))
+    shown = [o[SEED] for o in outputs if isinstance(o[SEED], int)]
+    assert len(shown) == 1 and read_recipe(outputs[-1][FILES][0])["seed"] == shown[0]
+
+
+def test_results_accumulate_newest_first(app):
+    first = last_outputs(generate(app, steps=1))
+    second = last_outputs(generate(app, "a blue square", steps=1, results=first[RESULTS]))
+    assert second[GALLERY] == [second[FILES][0], first[FILES][0]]
+
+
+def test_stop_ends_the_run_early_and_keeps_the_last_image(app):
+    request = session("stopper")
+    handler = generate(app, steps=200, request=request)
+    for outputs in handler:
+        if isinstance(outputs[PREVIEW], Image.Image):
+            app.stop(request)
+            break
+    final = last_outputs(handler)
+    assert final[STATUS].startswith("Stopped after")
+    recipe = read_recipe(final[FILES][0])
+    assert 1 <= recipe["steps_done"] < 200 and recipe["steps"] == 200
+    assert Image.open(final[FILES][0]).size == (64, 64)
+
+
+def test_stop_of_another_session_does_not_touch_a_run(app):
+    handler = generate(app, steps=3, request=session("mine"))
+    next(handler)
+    app.stop(session("someone-else"))
+    assert "Done: 3 steps" in last_outputs(handler)[STATUS]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"prompt": "   "}, "the prompt is empty"),
+    ({"size": "512"}, "larger than this app allows"),
+    ({"prompt": "a red circle:"}, "empty weight"),
+    ({"clip_models": []}, "no CLIP model chosen"),
+    ({"vqgan": "no-such-vqgan"}, "unknown VQGAN 'no-such-vqgan'"),
+    ({"method": DIFFUSION, "diffusion": "./no-such-model"}, "diffusion model './no-such-model' is neither a folder"),
+    ({"precision": "fp16"}, "fp16 needs a GPU"),
+])
+def test_bad_input_shows_one_line_and_the_app_keeps_serving(app, overrides, message):
+    error, seen = error_of(generate(app, **overrides))
+    assert message in error and "Traceback" not in error and "\n" not in error
+    assert message in seen[-1][STATUS]
+    assert "Done" in last_outputs(generate(app, steps=1))[STATUS]
+
+
+def test_missing_weights_report_how_to_get_them(app):
+    error, _ = error_of(generate(app, method=DIFFUSION, diffusion="./no-such-model"))
+    assert "pass a local diffusers folder instead: --model path/to/folder" in error
+
+
+# --- editing --------------------------------------------------------------------------------------------------
+
+
+def test_masked_edit_changes_only_the_painted_region(app):
+    final = last_outputs(edit(app, photo_editor(painted=(8, 8, 23, 23)), steps=4))
+    result_path, init_path, mask_path = map(Path, final[FILES])
+    recipe = read_recipe(result_path)
+    assert recipe["mask"] == str(mask_path) and recipe["init_image"] == str(init_path)
+    assert "--init-image init.png --mask mask.png" in recipe["command"]
+    result, init = (np.asarray(Image.open(p).convert("RGB")).astype(int) for p in (result_path, init_path))
+    outside = np.asarray(Image.open(mask_path)) == 0
+    assert result.shape == init.shape == (48, 48, 3)
+    assert np.abs(result - init)[outside].max() <= 1
+    assert np.abs(result - init)[~outside].mean() > 1
+
+
+def test_uploaded_mask_replaces_the_painted_one(app, tmp_path):
+    mask = Image.new("L", (48, 48), 0)
+    ImageDraw.Draw(mask).rectangle((0, 0, 15, 47), fill=255)
+    mask.save(tmp_path / "left.png")
+    final = last_outputs(edit(app, photo_editor(painted=None), mask_file=str(tmp_path / "left.png"), steps=1))
+    saved = np.asarray(Image.open(final[FILES][2])) > 0
+    assert saved[:, :16].all() and not saved[:, 16:].any()
+
+
+def test_directional_and_init_image_edits_run(app):
+    directional = last_outputs(edit(app, photo_editor(), edit_method=DIRECTIONAL_EDIT, source="a red circle", steps=2))
+    assert read_recipe(directional[FILES][0])["source_text"] == "a red circle"
+    assert len(directional[FILES]) == 2  # the result and the init image; no mask
+    plain = last_outputs(edit(app, photo_editor(painted=None), edit_method=INIT_IMAGE_EDIT, steps=2))
+    assert "mask" not in read_recipe(plain[FILES][0])
+
+
+def test_large_photos_are_scaled_to_the_size_limit(app):
+    final = last_outputs(edit(app, photo_editor(size=120), edit_method=INIT_IMAGE_EDIT, steps=1,
+                              request=session("large")))
+    assert Image.open(final[FILES][0]).size == (120, 120)  # under max_size 128, a multiple of the VQGAN's 4
+    small = WebApp(AppConfig(device="cpu", max_size=64, max_upload_pixels=10**6, output_dir=app.config.output_dir),
+                   app.cache)
+    final = last_outputs(edit(small, photo_editor(size=120), edit_method=INIT_IMAGE_EDIT, steps=1))
+    assert Image.open(final[FILES][0]).size == (64, 64)
+
+
+@pytest.mark.parametrize("editor, overrides, message", [
+    (None, {}, "upload a photo"),
+    (photo_editor(painted=None), {}, "paint it with the brush"),
+    (photo_editor(), {"edit_method": DIRECTIONAL_EDIT}, "needs a source text"),
+    (photo_editor(), {"target": ""}, "the target text is empty"),
+    (photo_editor(size=200), {}, "pixels this app accepts"),
+])
+def test_bad_edit_input_shows_one_line(app, editor, overrides, message):
+    error, _ = error_of(edit(app, editor, **overrides))
+    assert message in error
+
+
+def test_unsupported_mask_upload_shows_one_line(app, tmp_path):
+    (tmp_path / "mask.txt").write_text("hello")
+    error, _ = error_of(edit(app, photo_editor(), mask_file=str(tmp_path / "mask.txt")))
+    assert "use a PNG, JPEG or WebP file" in error
+
+
+# --- the page and the command line ----------------------------------------------------------------------------
+
+
+def test_runs_share_one_queue_slot_and_stop_skips_the_queue(tmp_path):
+    blocks = build_app(AppConfig(device="cpu", output_dir=tmp_path))
+    assert blocks._queue.default_concurrency_limit == 1
+    events = {}
+    for fn in blocks.fns.values():
+        events.setdefault(fn.name, []).append(fn)
+    runs = events["generate"] + events["edit"]
+    assert {fn.concurrency_id for fn in runs} == {RUNS} and {fn.concurrency_limit for fn in runs} == {"default"}
+    assert len(events["stop"]) == 2 and not any(fn.queue for fn in events["stop"])
+
+
+def test_command_line_defaults_and_bad_device(capsys):
+    args = build_parser().parse_args([])
+    assert (args.host, args.port, args.share, args.device) == ("127.0.0.1", 7860, False, "auto")
+    assert build_parser().parse_args(["--share", "--port", "9000"]).share
+    assert run_cli(main, ["--device", "no-such-device"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: unknown device")
