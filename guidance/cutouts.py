@@ -9,11 +9,13 @@ from torch import nn
 
 from .errors import InvalidInputError
 
-AUGMENT_PRESETS = ("none", "light", "default")
+AUGMENT_PRESETS = ("none", "light", "geometric", "default")
 
 
 def build_augmentations(preset: str) -> nn.Module | None:
-    """The kornia augmentation stack for a preset: 'none', 'light' (flip, affine) or 'default' (the field's set)."""
+    """The kornia augmentation stack for a preset: 'none', 'light' (flip, affine), 'geometric' (flip, affine,
+    perspective, erasing: the field's set without its colour jitter, for colour-exact prompts) or 'default'
+    (the field's set)."""
     if preset == "none":
         return None
     flip_affine = [
@@ -22,14 +24,45 @@ def build_augmentations(preset: str) -> nn.Module | None:
     ]
     if preset == "light":
         return K.AugmentationSequential(*flip_affine)
+    perspective = K.RandomPerspective(distortion_scale=0.7, p=0.7)
+    erasing = K.RandomErasing(scale=(0.1, 0.4), ratio=(0.3, 3.3), value=0.0, p=0.7)
+    if preset == "geometric":
+        return K.AugmentationSequential(*flip_affine, perspective, erasing)
     if preset == "default":
         return K.AugmentationSequential(
-            *flip_affine,
-            K.RandomPerspective(distortion_scale=0.7, p=0.7),
+            *flip_affine, perspective,
             K.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.1, p=0.7),
-            K.RandomErasing(scale=(0.1, 0.4), ratio=(0.3, 3.3), value=0.0, p=0.7),
+            erasing,
         )
     raise InvalidInputError(f"unknown augmentation preset {preset!r}; choose one of {', '.join(AUGMENT_PRESETS)}")
+
+
+class Augment(nn.Module):
+    """A preset's augmentations on a [0, 1] BCHW batch, then per-image gaussian noise of a random strength up to
+    `noise` (none for the 'none' preset); the result is clamped to [0, 1]."""
+
+    def __init__(self, preset: str = "default", noise: float = 0.1):
+        super().__init__()
+        self.preset, self.noise = preset, noise if preset != "none" else 0.0
+        self.augmentations = build_augmentations(preset)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The augmented batch, same shape."""
+        return self.pair(images)[0]
+
+    def pair(self, images: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """`images` and each batch of `others` (same shape) augmented alike: image i of every batch gets the same
+        transform and the same noise, as paired views of an edit and its source need."""
+        batches = (images, *others)
+        if self.augmentations is not None and others:
+            batches = tuple(self.augmentations(*batches, data_keys=["input"] * len(batches)))
+        elif self.augmentations is not None:
+            batches = (self.augmentations(images),)
+        if self.noise > 0:
+            sigma = torch.rand(images.shape[0], 1, 1, 1, device=images.device, dtype=images.dtype) * self.noise
+            noise = sigma * torch.randn_like(images)
+            batches = tuple(batch + noise for batch in batches)
+        return tuple(batch.clamp(0, 1) for batch in batches)
 
 
 class MakeCutouts(nn.Module):
@@ -49,7 +82,7 @@ class MakeCutouts(nn.Module):
         self.cut_size, self.cutn, self.cut_pow = cut_size, cutn, cut_pow
         self.min_size, self.max_size, self.noise = min_size, max_size, noise
         self.augment = augment
-        self.augmentations = build_augmentations(augment)
+        self.augmentations = Augment(augment, noise)
 
     def size_bounds(self, height: int, width: int) -> tuple[int, int]:
         """The smallest and largest crop side for an image of this size."""
@@ -81,13 +114,7 @@ class MakeCutouts(nn.Module):
         if images.ndim != 4:
             raise InvalidInputError(f"MakeCutouts expects BCHW images, got shape {tuple(images.shape)}")
         boxes = self.sample_boxes(images.shape[-2], images.shape[-1], self.cutn, images.device)
-        cutouts = self.crop(images, boxes)
-        if self.augmentations is not None:
-            cutouts = self.augmentations(cutouts)
-        if self.noise > 0 and self.augment != "none":
-            sigma = torch.rand(cutouts.shape[0], 1, 1, 1, device=cutouts.device, dtype=cutouts.dtype) * self.noise
-            cutouts = cutouts + sigma * torch.randn_like(cutouts)
-        return cutouts.clamp(0, 1)
+        return self.augmentations(self.crop(images, boxes))
 
     def extra_repr(self) -> str:
         return f"cut_size={self.cut_size}, cutn={self.cutn}, cut_pow={self.cut_pow}, augment={self.augment!r}"

@@ -174,7 +174,7 @@ class CLIPGuidedDiffusionPipeline:
                           mask, source_text, inversion_steps, inversion_refine, cfg_scale)
         self._check_guidance(tv_scale, range_scale, clamp_grad, guide_from, guide_until, guide_every)
         cutouts = MakeCutouts(max((m.image_size for m, _ in self.clip_models), default=224), cutn=cutn, cut_pow=cut_pow,
-                              augment="none" if plan.mode == "invert" else augment)
+                              augment=augment)
         seed = resolve_seed(seed)
         prepare_device(self.device)
         width, height = self._size(size)

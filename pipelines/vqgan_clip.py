@@ -91,7 +91,7 @@ class VQGANCLIPPipeline:
         mask_tensor = as_mask(mask, (width, height), self.device)
         fidelity = init_weight if init_weight is not None else (1.0 if source_text else 0.0)
         cutouts = MakeCutouts(max(m.image_size for m, _ in self.clip_models), cutn=cutn, cut_pow=cut_pow,
-                              augment="none" if source_text else augment)
+                              augment=augment)
         if source_text:
             clip_loss: torch.nn.Module = DirectionalCLIPLoss(self.clip_models, init, source_text, settings["target"],
                                                              cutouts=cutouts, l1_weight=fidelity)

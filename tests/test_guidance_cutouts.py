@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from guidance import AUGMENT_PRESETS, InvalidInputError, MakeCutouts
+from guidance import AUGMENT_PRESETS, Augment, InvalidInputError, MakeCutouts
 
 
 def _box_geometry(boxes: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -119,3 +119,31 @@ def test_bad_cutout_arguments_raise_invalid_input(kwargs, hint):
 def test_cutouts_of_a_chw_image_raise_invalid_input():
     with pytest.raises(InvalidInputError, match="BCHW"):
         MakeCutouts(16, cutn=2)(torch.rand(3, 32, 32))
+
+
+@pytest.mark.parametrize("augment", AUGMENT_PRESETS)
+def test_paired_augmentation_transforms_each_pair_alike(augment):
+    torch.manual_seed(0)
+    first, second = torch.rand(6, 3, 24, 24), torch.rand(6, 3, 24, 24)
+    augment_module = Augment(augment)
+    torch.manual_seed(1)
+    pair = augment_module.pair(first, first.clone())
+    assert torch.equal(pair[0], pair[1]), "equal inputs must give equal views"
+    torch.manual_seed(1)
+    mixed = augment_module.pair(first, second)
+    assert torch.equal(mixed[0], pair[0]), "the first batch is augmented as on its own"
+    if augment == "none":
+        assert torch.equal(mixed[0], first) and torch.equal(mixed[1], second)
+    else:
+        assert not torch.allclose(mixed[0], first)
+
+
+def test_geometric_preset_keeps_colours_that_default_jitters():
+    torch.manual_seed(0)
+    red = torch.zeros(64, 3, 24, 24)
+    red[:, 0] = 0.9
+    geometric = Augment("geometric", noise=0.0)(red)
+    # flips, affine, perspective and erasing only move pixels or blacken them: no pixel gains green or blue
+    assert torch.equal(geometric[:, 1:], torch.zeros_like(geometric[:, 1:]))
+    default = Augment("default", noise=0.0)(red)
+    assert default[:, 1:].max() > 0.01, "the default preset's colour jitter shifts hues"
