@@ -27,8 +27,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from guidance import CLIPEncoder, load_clip, load_image, save_clip, zero_shot_classify
+from guidance.cutouts import AUGMENT_PRESETS, Augment
 from guidance.errors import InvalidInputError, ToolkitError
 from pipelines import shapes_world as world
+from pipelines.training import optimizer_step
 
 MAX_LOGIT_SCALE = 100.0
 EVAL_SEED = 20240601
@@ -62,6 +64,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     image_size: int | None = None
+    augment: str = "none"
+    augment_share: float = 1.0
     eval_every: int = 0
     eval_count: int = 512
     eval_shapes: bool | None = None
@@ -191,8 +195,11 @@ def _training_data(config: TrainConfig, image_size: int, start: int) -> DataLoad
     else:
         dataset = CaptionCSV(config.csv, config.csv_image_key, config.csv_caption_key, image_size)
     sampler = StepBatches(len(dataset), config.batch_size, start, config.steps, config.seed, not config.shapes)
+    # Its own generator: the loader's seed draw must not shift the global stream the augmentations draw from,
+    # or a resumed run would augment differently from an uninterrupted one.
     return DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers,
-                      persistent_workers=False, prefetch_factor=4 if config.num_workers else None)
+                      persistent_workers=False, prefetch_factor=4 if config.num_workers else None,
+                      generator=torch.Generator().manual_seed(config.seed))
 
 
 # --- evaluation ---------------------------------------------------------------------------------------
@@ -365,21 +372,17 @@ def _check_config(config: TrainConfig) -> None:
             raise InvalidInputError(f"{name} must be at least 1, got {getattr(config, name)}")
     if config.batch_size < 2:
         raise InvalidInputError("batch_size must be at least 2 for a contrastive loss")
+    if not 0 <= config.augment_share <= 1:
+        raise InvalidInputError(f"--augment-share must be between 0 and 1, got {config.augment_share}")
 
 
 def train_step(clip: CLIPEncoder, optimizer: torch.optim.Optimizer, images: torch.Tensor, captions: Sequence[str],
                lr: float, grad_clip: float) -> float:
-    """One optimisation step on a batch; returns the loss before the update."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    """One optimisation step on a batch (skipped when its gradient is not finite); returns the loss before it."""
     loss = contrastive_loss(clip.encode_image(images), clip.encode_text(list(captions)), clip.model.logit_scale)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(clip.model.parameters(), grad_clip)
-    optimizer.step()
-    with torch.no_grad():
-        clip.model.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
+    if optimizer_step(optimizer, loss, lr, grad_clip):
+        with torch.no_grad():
+            clip.model.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
     return loss.item()
 
 
@@ -398,10 +401,15 @@ def train(config: TrainConfig) -> TrainResult:
         start = 0
     image_size = config.image_size or clip.image_size
     loader = _training_data(config, image_size, start)
+    augment = Augment(config.augment)
     result = TrainResult(clip)
     bar = tqdm(loader, total=config.steps, initial=start, disable=not config.progress, desc="train", dynamic_ncols=True)
     for step, (images, captions) in enumerate(bar, start=start):
-        loss = train_step(clip, optimizer, images.to(config.device), captions, learning_rate(step, config), config.grad_clip)
+        images = images.to(config.device)
+        augmented = round(len(images) * config.augment_share)
+        if augmented:
+            images = torch.cat([augment(images[:augmented]), images[augmented:]])
+        loss = train_step(clip, optimizer, images, captions, learning_rate(step, config), config.grad_clip)
         result.losses.append(loss)
         bar.set_postfix(loss=f"{loss:.3f}", scale=f"{clip.model.logit_scale.exp().item():.1f}")
         done = step + 1
@@ -442,6 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--csv-image-key", default=d.csv_image_key, help="CSV column holding image paths")
     data.add_argument("--csv-caption-key", default=d.csv_caption_key, help="CSV column holding captions")
     data.add_argument("--image-size", type=int, help="render/crop size (default: the model's input size)")
+    data.add_argument("--augment", choices=AUGMENT_PRESETS, default=d.augment,
+                      help="augment training images as guidance augments cutouts (kornia presets plus noise), so "
+                           "the model judges augmented cutouts as it judges clean images")
+    data.add_argument("--augment-share", type=float, default=d.augment_share,
+                      help="share of each batch that is augmented; the rest stays clean")
     data.add_argument("--num-workers", type=int, default=d.num_workers, help="data loader worker processes")
     o = p.add_argument_group("optimisation")
     o.add_argument("--steps", type=int, default=d.steps, help="total optimisation steps")

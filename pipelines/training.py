@@ -45,15 +45,22 @@ def learning_rate(step: int, peak: float, warmup_steps: int, steps: int) -> floa
     return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float, grad_clip: float) -> None:
-    """Set the learning rate, backpropagate `loss`, clip the gradient norm (unless `grad_clip` is 0) and step."""
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float, grad_clip: float) -> bool:
+    """Set the learning rate, backpropagate `loss`, clip the gradient norm (unless `grad_clip` is 0) and step.
+
+    A step whose gradient is not finite (a NaN or infinite loss included) is skipped, so that one bad batch
+    cannot turn every weight into NaN; returns whether the step was taken."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], grad_clip)
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip if grad_clip else math.inf)
+    if not torch.isfinite(norm):
+        optimizer.zero_grad(set_to_none=True)
+        return False
     optimizer.step()
+    return True
 
 
 def due(step: int, every: int) -> bool:

@@ -76,6 +76,31 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     assert tc.find_checkpoint(tmp_path / "a").name == "step_0000004"
 
 
+def test_augmented_training_resumes_exactly(tmp_path):
+    config = dict(shapes=True, augment="geometric")
+    full = tc.train(micro_config(**config, checkpoint_dir=str(tmp_path / "a"), checkpoint_every=2))
+    resumed = tc.train(micro_config(**config, resume=str(tmp_path / "a" / "step_0000002")))
+    plain = tc.train(micro_config(shapes=True))
+    assert resumed.losses == full.losses[2:]
+    assert full.losses != plain.losses, "augmentation changes what the model sees"
+
+
+def test_a_step_with_a_non_finite_gradient_is_skipped():
+    clip = tc.build_model(micro_config(shapes=True))
+    clip.model.train().requires_grad_(True)
+    optimizer = tc.build_optimizer(clip, micro_config())
+    before = {k: v.clone() for k, v in clip.model.state_dict().items()}
+    images = torch.rand(4, 3, 32, 32)
+    images[0, 0, 0, 0] = float("nan")
+    loss = tc.train_step(clip, optimizer, images, ["a red circle", "a blue square", "a star", "a green shape"], 1e-3, 1.0)
+    assert math.isnan(loss)
+    assert all(torch.equal(before[k], v) for k, v in clip.model.state_dict().items())
+    assert not optimizer.state, "the optimiser's moments stay untouched"
+    loss = tc.train_step(clip, optimizer, images.nan_to_num(0.5), ["a red circle", "a blue square", "a star",
+                                                                   "a green shape"], 1e-3, 1.0)
+    assert math.isfinite(loss) and any(not torch.equal(before[k], v) for k, v in clip.model.state_dict().items())
+
+
 def test_saved_weights_load_back(tmp_path):
     result = tc.train(micro_config(shapes=True, steps=1, out=str(tmp_path / "m.safetensors"), fp16=True))
     clip = load_clip(str(tmp_path / "m.safetensors"))
