@@ -9,8 +9,9 @@ PNG and count the samples that show one clear single-coloured shape (pixel stati
 `out/model`, is a diffusers folder for `load_diffusion`; shipped as generators/weights/shapes-tiny-ddpm
 (the built-in model 'shapes-tiny').
 
-CLI (about 25 minutes on one CPU core):
-    python -m pipelines.train_diffusion --out outputs/shapes-tiny-ddpm --steps 2400 --batch-size 16 --seed 0 --threads 1
+CLI (the shipped model; about 55 minutes on one CPU core, see docs/shapes_models.md):
+    python -m pipelines.train_diffusion --out outputs/shapes-tiny-ddpm --steps 6000 --batch-size 32 --seed 0 --threads 1 \
+        --eval-every 1500 --eval-count 16
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ class TrainConfig:
     out: str | None = None
     model_config: str | dict | None = None
     split: str = "train"
-    steps: int = 2400
-    batch_size: int = 16
+    steps: int = 6000
+    batch_size: int = 32
     lr: float = 5e-4
     warmup_steps: int = 100
     ema_decay: float = 0.999

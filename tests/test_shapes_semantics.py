@@ -1,11 +1,16 @@
-"""Meaning, not just plumbing: VQGAN-CLIP with the shipped shapes-tiny models, judged by pixel statistics."""
+"""Meaning, not just plumbing: the pipelines with the shipped shapes-tiny models, judged by pixel statistics
+(hue shares of saturated pixels, pipelines.colour_stats), never by CLIP itself."""
 
 from __future__ import annotations
+
+import functools
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from pipelines.clip_guided_diffusion import CLIPGuidedDiffusionPipeline
 from pipelines.colour_stats import colour_shares, dominant_colour
 from pipelines.shapes_world import render_canonical
 from pipelines.vqgan_clip import VQGANCLIPPipeline
@@ -13,39 +18,103 @@ from pipelines.vqgan_clip import VQGANCLIPPipeline
 pytestmark = pytest.mark.slow
 
 SEEDS = (0, 1, 2)
+PROMPTS = [("a red circle", "red"), ("a blue square", "blue"), ("a green triangle", "green"),
+           ("a yellow star", "yellow")]
 
 
 @pytest.fixture(scope="module")
-def pipe() -> VQGANCLIPPipeline:
-    """The pipeline on the packaged shapes models (no download)."""
+def diffusion() -> CLIPGuidedDiffusionPipeline:
+    """CLIP-guided diffusion on the packaged shapes DDPM and CLIP."""
+    return CLIPGuidedDiffusionPipeline.from_pretrained("shapes-tiny", ["shapes-tiny"], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def red_circle(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, Path]:
+    """A rendered 'a red circle' (large, centred, plain grey background): the array and a PNG of it."""
+    array = render_canonical("a red circle")
+    path = tmp_path_factory.mktemp("shapes") / "red-circle.png"
+    Image.fromarray(array).save(path)
+    return array, path
+
+
+def background_change(source: np.ndarray, edited: Image.Image) -> float:
+    """Mean absolute change (0-255) of the edit over the source's background pixels (those equal to its corner)."""
+    reference = np.asarray(Image.fromarray(source).resize(edited.size, Image.BICUBIC)).astype(float)
+    background = np.all(np.abs(reference - source[0, 0]) < 4, axis=-1)
+    return float(np.abs(np.asarray(edited, dtype=float) - reference)[background].mean())
+
+
+# --- VQGAN-CLIP -----------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def vqgan_image(prompt: str, seed: int) -> Image.Image:
+    """One 64x64 image from the prompt, as the README's offline demo makes it (default augmentations)."""
+    return vqgan_clip_pipeline()(prompt, size=64, steps=100, seed=seed, cutn=16, progress=False,
+                                 save_every=0).images[0]
+
+
+@functools.lru_cache(maxsize=None)
+def vqgan_clip_pipeline() -> VQGANCLIPPipeline:
+    """VQGAN-CLIP on the packaged shapes models (no download), loaded once."""
     return VQGANCLIPPipeline.from_pretrained("shapes-tiny", ["shapes-tiny"], device="cpu")
 
 
-def generate(pipe: VQGANCLIPPipeline, prompt: str, seed: int) -> Image.Image:
-    """One 64x64 image from the prompt."""
-    return pipe(prompt, size=64, steps=60, seed=seed, cutn=16, lr=0.1, progress=False, save_every=0).images[0]
-
-
-@pytest.mark.parametrize("prompt, colour", [("a red circle", "red"), ("a blue square", "blue"),
-                                            ("a green triangle", "green"), ("a yellow star", "yellow")])
-def test_generated_colour_matches_the_prompt_for_most_seeds(pipe, prompt, colour):
-    found = [dominant_colour(generate(pipe, prompt, seed)) for seed in SEEDS]
+@pytest.mark.parametrize("prompt, colour", PROMPTS)
+def test_vqgan_clip_colour_matches_the_prompt_for_most_seeds(prompt, colour):
+    found = [dominant_colour(vqgan_image(prompt, seed)) for seed in SEEDS]
     assert found.count(colour) >= 2, found
 
 
-def test_negative_prompt_lowers_the_red_share(pipe):
-    plain = np.mean([colour_shares(generate(pipe, "a red circle", seed))["red"] for seed in SEEDS])
-    negative = np.mean([colour_shares(generate(pipe, "a red circle | red:-1", seed))["red"] for seed in SEEDS])
+def test_vqgan_clip_negative_prompt_lowers_the_red_share():
+    plain = np.mean([colour_shares(vqgan_image("a red circle", seed))["red"] for seed in SEEDS])
+    negative = np.mean([colour_shares(vqgan_image("a red circle | red:-1", seed))["red"] for seed in SEEDS])
     assert negative < plain * 0.8, (plain, negative)
 
 
-def test_directional_edit_turns_a_red_circle_blue_and_keeps_the_background(pipe, tmp_path):
-    source_array = render_canonical("a red circle")
-    Image.fromarray(source_array).save(tmp_path / "red.png")
-    edited = pipe("a blue circle", size=64, steps=40, seed=0, cutn=16, init_image=tmp_path / "red.png",
-                  source_text="a red circle", progress=False, save_every=0).images[0]
-    before, after = colour_shares(source_array), colour_shares(edited)
+def test_vqgan_clip_directional_edit_turns_a_red_circle_blue_and_keeps_the_background(red_circle):
+    source, path = red_circle
+    edited = vqgan_clip_pipeline()("a blue circle", size=64, steps=80, seed=0, cutn=16, init_image=path,
+                                   source_text="a red circle", progress=False, save_every=0).images[0]
+    before, after = colour_shares(source), colour_shares(edited)
     assert after["blue"] > before["blue"] + 0.03 and after["red"] < before["red"] * 0.5, (before, after)
-    background = np.all(source_array == source_array[0, 0], axis=-1)
-    change = np.abs(np.asarray(edited, dtype=float) - source_array.astype(float))[background].mean()
-    assert change < 20, change
+    assert background_change(source, edited) < 20
+
+
+# --- CLIP-guided diffusion ------------------------------------------------------------------------------------
+
+
+def diffusion_image(pipe: CLIPGuidedDiffusionPipeline, prompt: str, seed: int, **options) -> Image.Image:
+    """One 32x32 guided sample (or edit) from the prompt."""
+    return pipe(prompt, steps=50, seed=seed, cutn=16, progress=False, save_every=0, **options).images[0]
+
+
+def test_guided_diffusion_red_circle_is_red_for_most_seeds(diffusion):
+    found = [dominant_colour(diffusion_image(diffusion, "a red circle", seed)) for seed in SEEDS]
+    assert found.count("red") >= 2, found
+
+
+def colour_purity(image: Image.Image, colour: str) -> float:
+    """The share of an image's saturated pixels that have the named colour."""
+    shares = colour_shares(image)
+    return shares[colour] / max(sum(shares.values()), 1e-9)
+
+
+@pytest.mark.parametrize("prompt, colour", PROMPTS[:2])
+def test_guidance_makes_the_prompted_colour_purer_than_unguided_samples_from_the_same_seeds(diffusion, prompt,
+                                                                                            colour):
+    guided = np.mean([colour_purity(diffusion_image(diffusion, prompt, seed), colour) for seed in SEEDS])
+    unguided = np.mean([colour_purity(diffusion_image(diffusion, prompt, seed, clip_scale=0.0), colour)
+                        for seed in SEEDS])
+    assert guided > unguided + 0.2, (guided, unguided)
+
+
+def test_diffusionclip_finetuned_edit_turns_a_red_circle_blue_and_keeps_the_background(diffusion, red_circle):
+    source, path = red_circle
+    tuned = diffusion.finetune("a blue circle", init_image=path, source_text="a red circle", finetune_steps=20,
+                               lr=1e-4, steps=50, seed=0, progress=False)
+    edited = diffusion_image(tuned.pipeline, "", 0, init_image=path)  # applies the edit it was tuned for
+    small = np.asarray(Image.fromarray(source).resize(edited.size, Image.BICUBIC))
+    before, after = colour_shares(small), colour_shares(edited)
+    assert after["blue"] > before["blue"] + 0.05 and after["red"] < before["red"] * 0.5, (before, after)
+    assert background_change(source, edited) < 20
