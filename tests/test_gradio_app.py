@@ -241,6 +241,15 @@ def test_generate_streams_previews_and_saves_the_png_with_its_recipe(app):
     assert Image.open(path).size == (64, 64)
 
 
+def test_guided_diffusion_runs_on_the_shipped_shapes_ddpm(app):
+    final = last_outputs(generate(app, "a red circle", method=DIFFUSION, size="", steps=4))
+    assert "Done: 4 steps" in final[STATUS]
+    recipe = read_recipe(final[FILES][0])
+    assert recipe["model"] == "shapes-tiny" and recipe["size"] == "32x32" and recipe["clip_models"] == ["shapes-tiny:1"]
+    assert recipe["command"].startswith("python -m pipelines.clip_guided_diffusion 'a red circle' --model shapes-tiny")
+    assert Image.open(final[FILES][0]).size == (32, 32)
+
+
 def test_random_seed_is_shown_and_recorded(app):
     outputs = list(generate(app, steps=1, seed=None, random_seed=True))
     shown = [o[SEED] for o in outputs if isinstance(o[SEED], int)]
@@ -309,6 +318,15 @@ def test_masked_edit_changes_only_the_painted_region(app):
     assert result.shape == init.shape == (48, 48, 3)
     assert np.abs(result - init)[outside].max() <= 1
     assert np.abs(result - init)[~outside].mean() > 1
+
+
+def test_masked_diffusion_edit_keeps_the_unpainted_region(app):
+    final = last_outputs(edit(app, photo_editor(painted=(8, 8, 23, 23)), method=DIFFUSION, steps=6))
+    result_path, init_path, mask_path = map(Path, final[FILES])
+    assert read_recipe(result_path)["pipeline"] == "clip_guided_diffusion"
+    result, init = (np.asarray(Image.open(p).convert("RGB")).astype(int) for p in (result_path, init_path))
+    outside = np.asarray(Image.open(mask_path)) == 0
+    assert np.abs(result - init)[outside].max() <= 1 and np.abs(result - init)[~outside].mean() > 1
 
 
 def test_uploaded_mask_replaces_the_painted_one(app, tmp_path):
