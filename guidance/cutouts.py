@@ -80,7 +80,7 @@ class MakeCutouts(nn.Module):
         if min_size is not None and max_size is not None and min_size > max_size:
             raise InvalidInputError(f"min_size {min_size} is larger than max_size {max_size}")
         self.cut_size, self.cutn, self.cut_pow = cut_size, cutn, cut_pow
-        self.min_size, self.max_size, self.noise = min_size, max_size, noise
+        self.min_size, self.max_size = min_size, max_size
         self.augment = augment
         self.augmentations = Augment(augment, noise)
 
