@@ -170,8 +170,8 @@ class DirectionalCLIPLoss(nn.Module):
     """DiffusionCLIP-style edit loss: the image's change must point along the source-to-target text direction.
 
     The text direction is averaged over the CLIP paper's ImageNet prompt templates. With `cutouts`, edited and
-    source images are cropped with the same boxes and augmented alike (the same transforms and noise per pair of
-    views, which keeps an edit from fooling CLIP with patterns it alone sees); without, whole images are compared. `l1_weight` adds
+    source images are cut with the same boxes and augmented alike (`MakeCutouts.pair`: augmenting both keeps an
+    edit from fooling CLIP with patterns only it sees); without, whole images are compared. `l1_weight` adds
     `l1(edited, source)` for fidelity.
     """
 
@@ -207,9 +207,7 @@ class DirectionalCLIPLoss(nn.Module):
         batch = images.shape[0]
         source = self.source_image.expand(batch, -1, -1, -1)
         if self.cutouts is not None:
-            boxes = self.cutouts.sample_boxes(images.shape[-2], images.shape[-1], self.cutouts.cutn, images.device)
-            edited_views, source_views = self.cutouts.augmentations.pair(self.cutouts.crop(images, boxes),
-                                                                         self.cutouts.crop(source, boxes))
+            edited_views, source_views = self.cutouts.pair(images, source)
         per_image = images.new_zeros(batch, dtype=torch.float32)
         for index, (model, model_weight) in enumerate(self.members):
             direction = getattr(self, f"text_direction_{index}")

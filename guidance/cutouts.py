@@ -43,7 +43,7 @@ class Augment(nn.Module):
 
     def __init__(self, preset: str = "default", noise: float = 0.1):
         super().__init__()
-        self.preset, self.noise = preset, noise if preset != "none" else 0.0
+        self.noise = noise if preset != "none" else 0.0
         self.augmentations = build_augmentations(preset)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -54,10 +54,9 @@ class Augment(nn.Module):
         """`images` and each batch of `others` (same shape) augmented alike: image i of every batch gets the same
         transform and the same noise, as paired views of an edit and its source need."""
         batches = (images, *others)
-        if self.augmentations is not None and others:
-            batches = tuple(self.augmentations(*batches, data_keys=["input"] * len(batches)))
-        elif self.augmentations is not None:
-            batches = (self.augmentations(images),)
+        if self.augmentations is not None:
+            augmented = self.augmentations(*batches, data_keys=["input"] * len(batches))
+            batches = tuple(augmented) if others else (augmented,)
         if self.noise > 0:
             sigma = torch.rand(images.shape[0], 1, 1, 1, device=images.device, dtype=images.dtype) * self.noise
             noise = sigma * torch.randn_like(images)
@@ -111,10 +110,15 @@ class MakeCutouts(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Cutouts of a [0, 1] BCHW batch as one (cutn * B, C, cut_size, cut_size) batch, cutout-major."""
+        return self.pair(images)[0]
+
+    def pair(self, images: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Cutouts of `images` and of each same-shape batch in `others`, cut with the same boxes and augmented
+        alike, so that view i of every batch shows the same region the same way (an edit and its source)."""
         if images.ndim != 4:
             raise InvalidInputError(f"MakeCutouts expects BCHW images, got shape {tuple(images.shape)}")
         boxes = self.sample_boxes(images.shape[-2], images.shape[-1], self.cutn, images.device)
-        return self.augmentations(self.crop(images, boxes))
+        return self.augmentations.pair(*(self.crop(batch, boxes) for batch in (images, *others)))
 
     def extra_repr(self) -> str:
         return f"cut_size={self.cut_size}, cutn={self.cutn}, cut_pow={self.cut_pow}, augment={self.augment!r}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -37,9 +38,14 @@ def red_circle(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, Pa
     return array, path
 
 
+def at_size(source: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The source image resized (bicubic) to an output's (width, height)."""
+    return np.asarray(Image.fromarray(source).resize(size, Image.BICUBIC))
+
+
 def background_change(source: np.ndarray, edited: Image.Image) -> float:
     """Mean absolute change (0-255) of the edit over the source's background pixels (those equal to its corner)."""
-    reference = np.asarray(Image.fromarray(source).resize(edited.size, Image.BICUBIC)).astype(float)
+    reference = at_size(source, edited.size).astype(float)
     background = np.all(np.abs(reference - source[0, 0]) < 4, axis=-1)
     return float(np.abs(np.asarray(edited, dtype=float) - reference)[background].mean())
 
@@ -47,35 +53,38 @@ def background_change(source: np.ndarray, edited: Image.Image) -> float:
 # --- VQGAN-CLIP -----------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
-def vqgan_image(prompt: str, seed: int) -> Image.Image:
-    """One 64x64 image from the prompt, as the README's offline demo makes it (default augmentations)."""
-    return vqgan_clip_pipeline()(prompt, size=64, steps=100, seed=seed, cutn=16, progress=False,
-                                 save_every=0).images[0]
-
-
-@functools.lru_cache(maxsize=None)
-def vqgan_clip_pipeline() -> VQGANCLIPPipeline:
-    """VQGAN-CLIP on the packaged shapes models (no download), loaded once."""
+@pytest.fixture(scope="module")
+def vqgan_clip() -> VQGANCLIPPipeline:
+    """VQGAN-CLIP on the packaged shapes models (no download)."""
     return VQGANCLIPPipeline.from_pretrained("shapes-tiny", ["shapes-tiny"], device="cpu")
 
 
+@pytest.fixture(scope="module")
+def vqgan_image(vqgan_clip: VQGANCLIPPipeline) -> Callable[[str, int], Image.Image]:
+    """A 64x64 image from (prompt, seed) as the README's offline demo makes it (default augmentations), made once
+    per module for the tests that share it."""
+    @functools.cache
+    def make(prompt: str, seed: int) -> Image.Image:
+        return vqgan_clip(prompt, size=64, steps=100, seed=seed, cutn=16, progress=False, save_every=0).images[0]
+    return make
+
+
 @pytest.mark.parametrize("prompt, colour", PROMPTS)
-def test_vqgan_clip_colour_matches_the_prompt_for_most_seeds(prompt, colour):
+def test_vqgan_clip_colour_matches_the_prompt_for_most_seeds(vqgan_image, prompt, colour):
     found = [dominant_colour(vqgan_image(prompt, seed)) for seed in SEEDS]
     assert found.count(colour) >= 2, found
 
 
-def test_vqgan_clip_negative_prompt_lowers_the_red_share():
+def test_vqgan_clip_negative_prompt_lowers_the_red_share(vqgan_image):
     plain = np.mean([colour_shares(vqgan_image("a red circle", seed))["red"] for seed in SEEDS])
     negative = np.mean([colour_shares(vqgan_image("a red circle | red:-1", seed))["red"] for seed in SEEDS])
     assert negative < plain * 0.8, (plain, negative)
 
 
-def test_vqgan_clip_directional_edit_turns_a_red_circle_blue_and_keeps_the_background(red_circle):
+def test_vqgan_clip_directional_edit_turns_a_red_circle_blue_and_keeps_the_background(vqgan_clip, red_circle):
     source, path = red_circle
-    edited = vqgan_clip_pipeline()("a blue circle", size=64, steps=80, seed=0, cutn=16, init_image=path,
-                                   source_text="a red circle", progress=False, save_every=0).images[0]
+    edited = vqgan_clip("a blue circle", size=64, steps=80, seed=0, cutn=16, init_image=path,
+                        source_text="a red circle", progress=False, save_every=0).images[0]
     before, after = colour_shares(source), colour_shares(edited)
     assert after["blue"] > before["blue"] + 0.03 and after["red"] < before["red"] * 0.5, (before, after)
     assert background_change(source, edited) < 20
@@ -114,7 +123,6 @@ def test_diffusionclip_finetuned_edit_turns_a_red_circle_blue_and_keeps_the_back
     tuned = diffusion.finetune("a blue circle", init_image=path, source_text="a red circle", finetune_steps=20,
                                lr=1e-4, steps=50, seed=0, progress=False)
     edited = diffusion_image(tuned.pipeline, "", 0, init_image=path)  # applies the edit it was tuned for
-    small = np.asarray(Image.fromarray(source).resize(edited.size, Image.BICUBIC))
-    before, after = colour_shares(small), colour_shares(edited)
+    before, after = colour_shares(at_size(source, edited.size)), colour_shares(edited)
     assert after["blue"] > before["blue"] + 0.05 and after["red"] < before["red"] * 0.5, (before, after)
     assert background_change(source, edited) < 20
