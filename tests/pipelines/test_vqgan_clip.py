@@ -22,7 +22,7 @@ from guidance import ImagePrompt, InvalidInputError, ToolkitError, read_recipe, 
 from pipelines.common import run_cli, write_video
 from pipelines.vqgan_clip import VQGANCLIPPipeline, main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

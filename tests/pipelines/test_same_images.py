@@ -1,0 +1,67 @@
+"""The restructure changed no behaviour: the same seed gives the same image as the PNGs recorded before it.
+
+The PNGs in tests/data/golden were made by the pipelines before the generator interface and the pipeline
+registry existed (VQGAN-CLIP and guided diffusion on the shipped shapes-tiny models, with the red circle and
+masks stored beside them as inputs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.clip_guided_diffusion import CLIPGuidedDiffusionPipeline
+from pipelines.vqgan_clip import VQGANCLIPPipeline
+
+GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
+COMMON = {"progress": False, "save_every": 0, "cutn": 8}
+
+
+@pytest.fixture(scope="module")
+def vqgan_clip() -> VQGANCLIPPipeline:
+    """VQGAN-CLIP on the shipped shapes models."""
+    return VQGANCLIPPipeline.from_pretrained("shapes-tiny", ["shapes-tiny"], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def diffusion() -> CLIPGuidedDiffusionPipeline:
+    """Guided diffusion on the shipped shapes models."""
+    return CLIPGuidedDiffusionPipeline.from_pretrained("shapes-tiny", ["shapes-tiny"], device="cpu")
+
+
+SOURCE, MASK64, MASK32 = GOLDEN / "red-circle.png", GOLDEN / "mask64.png", GOLDEN / "mask32.png"
+VQGAN_CASES: dict[str, Callable] = {
+    "vqgan-generate": lambda p: p("a green triangle", size=64, steps=12, seed=3, **COMMON),
+    "vqgan-masked": lambda p: p("a blue square", size=64, steps=8, seed=4, init_image=SOURCE, mask=MASK64, **COMMON),
+    "vqgan-directional": lambda p: p("a blue circle", size=64, steps=8, seed=5, init_image=SOURCE,
+                                     source_text="a red circle", **COMMON),
+}
+DIFFUSION_CASES: dict[str, Callable] = {
+    "diffusion-generate": lambda p: p("a red circle", steps=10, seed=6, **COMMON),
+    "diffusion-masked": lambda p: p("a blue square", steps=10, seed=7, init_image=SOURCE, mask=MASK32, size=32,
+                                    **COMMON),
+    "diffusion-invert": lambda p: p("a blue circle", steps=10, seed=8, init_image=SOURCE,
+                                    source_text="a red circle", **COMMON),
+}
+
+
+def assert_same_image(name: str, image: Image.Image) -> None:
+    """Equal to the recorded PNG: bit-exact on this machine; at most 2/255 on any pixel elsewhere (float order)."""
+    expected = np.asarray(Image.open(GOLDEN / f"{name}.png").convert("RGB")).astype(int)
+    got = np.asarray(image.convert("RGB")).astype(int)
+    assert got.shape == expected.shape
+    difference = np.abs(got - expected)
+    assert difference.max() <= 2 and difference.mean() < 0.05, (name, difference.max(), difference.mean())
+
+
+@pytest.mark.parametrize("name", VQGAN_CASES)
+def test_vqgan_clip_gives_the_recorded_image(vqgan_clip, name):
+    assert_same_image(name, VQGAN_CASES[name](vqgan_clip).images[0])
+
+
+@pytest.mark.parametrize("name", DIFFUSION_CASES)
+def test_guided_diffusion_gives_the_recorded_image(diffusion, name):
+    assert_same_image(name, DIFFUSION_CASES[name](diffusion).images[0])
