@@ -1,11 +1,14 @@
-"""What every pipeline shares: sizes, masks, progress videos, recipes and the CLI's error handling."""
+"""What every pipeline shares: the output type, edit checks, sizes, masks, progress videos, recipes and the CLI's
+beginning (shared options) and end (saving, the status line, the exit code)."""
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import shlex
 import sys
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -13,16 +16,52 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from guidance.clip_models import check_images
 from guidance.errors import InvalidInputError, ToolkitError
-from guidance.images import load_image
+from guidance.images import load_image, save_png
+from guidance.prompts import parse_prompt
 from guidance.runtime import PRECISIONS
 
 MAX_SIDE = 4096
 
 # Called during a run with (step, images in [0, 1]); returning True stops the run and keeps its last image.
 StepCallback = Callable[[int, torch.Tensor], bool | None]
+
+
+@dataclass
+class PipelineOutput:
+    """The result of a run: final images, the loss history, progress frames and the recipe."""
+
+    images: list[Image.Image]
+    history: list[dict[str, float]]
+    frames: list[np.ndarray] = field(default_factory=list)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    interrupted: bool = False
+
+
+def edit_mode(init_image: Any, mask: Any, source_text: str | None) -> str:
+    """What a run does with its inputs: 'generate', 'init' (start from an image), 'masked' or 'directional'."""
+    if (mask is not None or source_text) and init_image is None:
+        raise InvalidInputError("--mask and --source-text edit an image; give it with --init-image")
+    if mask is not None and source_text:
+        raise InvalidInputError("choose one way to edit: --mask (change a region) or --source-text (directional)")
+    return "generate" if init_image is None else "masked" if mask is not None else "directional" if source_text else "init"
+
+
+def directional_target(prompt: str) -> str:
+    """The one target text of a directional edit."""
+    target = parse_prompt(prompt).text if prompt and prompt.strip() else ""
+    if not target or "|" in prompt:
+        raise InvalidInputError("a directional edit needs exactly one target text, e.g. 'a photo of a dog'")
+    return target
+
+
+def call_defaults(function: Callable[..., Any]) -> dict[str, Any]:
+    """The keyword defaults of a pipeline's call: the one source the CLIs and the app read them from."""
+    return {name: parameter.default for name, parameter in inspect.signature(function).parameters.items()
+            if parameter.default is not inspect.Parameter.empty}
 
 
 def parse_size(text: str | int | Sequence[int]) -> tuple[int, int]:
@@ -153,6 +192,20 @@ def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def finish_cli(result: PipelineOutput, paths: Sequence[Path], command: str, video: str | None,
+               own: Sequence[dict[str, Any]] = ()) -> int:
+    """The end of every pipeline CLI: save each image with its recipe (plus its `own` entries), the video, a
+    status line; returns the exit code (130 when interrupted)."""
+    for index, (image, path) in enumerate(zip(result.images, paths)):
+        save_png(image, path, {**result.recipe, **(own[index] if own else {}), "command": command})
+    if video:
+        write_video(result.frames, video)
+    state = "interrupted after" if result.interrupted else "done in"
+    names = ", ".join(str(path) for path in paths)
+    print(f"{state} {result.recipe['steps_done']} steps ({result.recipe['seconds']} s): {names}", file=sys.stderr)
+    return 130 if result.interrupted else 0
 
 
 def clean_recipe(recipe: dict[str, Any]) -> dict[str, Any]:

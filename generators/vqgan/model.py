@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from generators.base import LatentGenerator
 from generators.vqgan.autograd import clamp_with_grad
 from generators.vqgan.blocks import Decoder, Encoder
 from generators.vqgan.config import VQGANConfig
@@ -13,7 +14,7 @@ from generators.vqgan.quantize import GumbelQuantize, VectorQuantizer, quantize_
 from guidance.errors import InvalidInputError
 
 
-class VQGAN(nn.Module):
+class VQGAN(LatentGenerator):
     """A frozen taming VQGAN (VQModel or GumbelVQ) used as a differentiable image generator from a latent `z`.
 
     Parameter names equal taming's, so `load_state_dict(strict=True)` accepts a taming state dict minus `loss.*`."""
@@ -71,12 +72,8 @@ class VQGAN(nn.Module):
         images = self.decoder(self.post_quant_conv(quantized))
         return clamp_with_grad((images + 1) / 2, 0.0, 1.0)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """Same as `decode`, so the module can be wrapped (compile, DDP) as a latent-to-image function."""
-        return self.decode(z)
-
     @torch.no_grad()
-    def clamp_latent_(self, z: torch.Tensor) -> torch.Tensor:
+    def project_(self, z: torch.Tensor) -> torch.Tensor:
         """Clamp `z` in place to the codebook's per-dimension range (call after each optimiser step)."""
         codebook = self.codebook
         low = codebook.amin(0).to(z.dtype).view(1, -1, 1, 1)

@@ -135,9 +135,9 @@ def test_clamp_keeps_inward_gradients_and_drops_outward_ones() -> None:
     torch.testing.assert_close(x.grad, torch.tensor([0.0, -1.0, 1.0, -1.0, 1.0, 0.0]))
 
 
-def test_clamp_latent_bounds_to_codebook_range(model: VQGAN) -> None:
+def test_project_clamps_the_latent_to_codebook_range(model: VQGAN) -> None:
     z = (torch.randn(1, model.embed_dim, 4, 4) * 100).requires_grad_()
-    returned = model.clamp_latent_(z)
+    returned = model.project_(z)
     assert returned is z
     low, high = model.codebook.amin(0), model.codebook.amax(0)
     assert torch.all(z.movedim(1, -1) >= low) and torch.all(z.movedim(1, -1) <= high)
