@@ -1,0 +1,94 @@
+"""The pixels generator and the generator registry: the interface every differentiable generator implements."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from generators.base import LatentGenerator
+from generators.pixels import COLOUR_CORRELATION, PixelGenerator, load_pixels
+from generators.registry import GENERATORS, load_generator
+from generators.vqgan import VQGAN, parse_config, tiny_vqgan_config
+from guidance.errors import InvalidInputError
+
+
+@pytest.mark.parametrize("parameterization", ["fft", "rgb"])
+def test_decode_gives_images_in_range_of_the_asked_size(parameterization):
+    pixels = PixelGenerator(parameterization)
+    latent = pixels.random_latent(2, 24, 40, torch.Generator().manual_seed(0))
+    images = pixels.decode(latent)
+    assert images.shape == (2, 3, 24, 40)
+    assert 0 <= images.min() and images.max() <= 1
+
+
+@pytest.mark.parametrize("parameterization", ["fft", "rgb"])
+def test_encode_inverts_decode(parameterization):
+    pixels = PixelGenerator(parameterization)
+    images = torch.rand(1, 3, 16, 20, generator=torch.Generator().manual_seed(1)) * 0.9 + 0.05
+    assert torch.allclose(pixels.decode(pixels.encode(images)), images, atol=1e-5)
+
+
+def test_fft_start_is_a_near_grey_image_and_seeds_repeat():
+    pixels = PixelGenerator("fft")
+    first = pixels.decode(pixels.random_latent(1, 32, 32, torch.Generator().manual_seed(3)))
+    again = pixels.decode(pixels.random_latent(1, 32, 32, torch.Generator().manual_seed(3)))
+    assert torch.equal(first, again)
+    assert (first - 0.5).abs().max() < 0.05
+
+
+def test_fft_decode_matches_an_independent_float64_computation():
+    """Lucid's recipe written out with numpy-style steps: scale by 1/f, inverse FFT, /4, colour matrix, sigmoid."""
+    pixels = PixelGenerator("fft")
+    latent = pixels.random_latent(1, 8, 6, torch.Generator().manual_seed(2)) * 50
+    spectrum = torch.view_as_complex(latent.double())
+    fy = torch.fft.fftfreq(8, dtype=torch.float64).view(-1, 1)
+    fx = torch.fft.rfftfreq(6, dtype=torch.float64).view(1, -1)
+    scale = 1 / torch.maximum((fx ** 2 + fy ** 2).sqrt(), torch.tensor(1 / 8, dtype=torch.float64))
+    image = torch.fft.irfft2(spectrum * scale, s=(8, 6), norm="backward") * (8 * 6) ** 0.5 / 4
+    expected = torch.sigmoid(torch.einsum("bchw,dc->bdhw", image, COLOUR_CORRELATION.double()))
+    assert torch.allclose(pixels.decode(latent).double(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("parameterization", ["fft", "rgb"])
+def test_gradients_reach_the_latent(parameterization):
+    pixels = PixelGenerator(parameterization)
+    latent = pixels.random_latent(1, 8, 8, torch.Generator().manual_seed(0)).requires_grad_(True)
+    pixels.decode(latent)[:, 0].mean().backward()
+    assert latent.grad is not None and latent.grad.abs().sum() > 0
+
+
+def test_rgb_projection_keeps_pixels_in_range_and_fft_needs_none():
+    rgb = PixelGenerator("rgb")
+    latent = torch.tensor([[-0.5, 0.3, 1.7]]).view(1, 3, 1, 1).repeat(1, 1, 2, 2)
+    assert rgb.project_(latent).min() == 0 and latent.max() == 1
+    spectrum = torch.randn(1, 3, 4, 3, 2)
+    assert torch.equal(PixelGenerator("fft").project_(spectrum.clone()), spectrum)
+
+
+def test_size_factor_is_one_for_rgb_and_two_for_a_spectrum():
+    assert PixelGenerator("rgb").factor == 1 and PixelGenerator("fft").factor == 2
+
+
+def test_bad_parameterization_and_decay_are_one_line_errors():
+    with pytest.raises(InvalidInputError, match="unknown pixel parameterization 'wavelet'"):
+        PixelGenerator("wavelet")
+    with pytest.raises(InvalidInputError, match="decay"):
+        PixelGenerator("fft", decay=float("nan"))
+
+
+def test_registry_loads_each_kind_as_a_latent_generator(tmp_path):
+    assert set(GENERATORS) >= {"vqgan", "pixels"}
+    assert isinstance(load_generator("pixels", "rgb", device="cpu"), PixelGenerator)
+    vqgan = load_generator("vqgan", "shapes-tiny", device="cpu")
+    assert isinstance(vqgan, VQGAN) and isinstance(vqgan, LatentGenerator)
+    assert isinstance(load_pixels("fft"), LatentGenerator)
+    with pytest.raises(InvalidInputError, match="unknown generator kind 'gan'"):
+        load_generator("gan", "x")
+
+
+def test_vqgan_implements_the_interface():
+    vqgan = VQGAN(parse_config(tiny_vqgan_config()))
+    latent = vqgan.random_latent(1, 8, 8, torch.Generator().manual_seed(0))
+    assert vqgan.decode(latent).shape == (1, 3, 8, 8)
+    assert vqgan.encode(torch.rand(1, 3, 8, 8)).shape == latent.shape
+    assert vqgan.device == torch.device("cpu")
