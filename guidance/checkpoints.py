@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from guidance.errors import InvalidInputError, ModelUnavailableError
+from guidance.errors import InvalidInputError, ModelUnavailableError, first_line
 from guidance.network import HUB_HOST, host_reachable, offline_requested
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -111,13 +111,6 @@ class RestrictedPickle:
         return RestrictedUnpickler(file, **kwargs).load()
 
 
-def _one_line(error: BaseException, limit: int = 160) -> str:
-    """The first line of an exception message, shortened, for one-line user errors."""
-    lines = str(error).strip().splitlines()
-    text = lines[0] if lines else type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _torch_load(path: Path, allow_pickle: bool) -> Any:
     """Load a torch file: weights-only first, then the restricted unpickler (or full pickle if allowed)."""
     mmap = zipfile.is_zipfile(path)
@@ -168,7 +161,7 @@ def load_state_dict(path: str | Path, *, allow_pickle: bool = False) -> tuple[di
     except InvalidInputError:
         raise
     except Exception as error:  # any failure to parse a foreign file is the user's corrupt input
-        raise InvalidInputError(f"cannot read checkpoint {path}: {_one_line(error)}") from error
+        raise InvalidInputError(f"cannot read checkpoint {path}: {first_line(error)}") from error
 
 
 # --- writing ----------------------------------------------------------------------------------------
@@ -225,7 +218,7 @@ def _fetch_url(url: str, destination: Path) -> None:
                     out.write(chunk)
                     bar.update(len(chunk))
     except OSError as error:
-        raise _FetchError(_one_line(error, 80)) from error
+        raise _FetchError(first_line(error, 80)) from error
 
 
 def _fetch_hub(source: str, destination: Path) -> None:
@@ -240,7 +233,7 @@ def _fetch_hub(source: str, destination: Path) -> None:
         fetched = hf_hub_download(f"{owner}/{repo}", "/".join(inner), local_dir=staging)
         os.replace(fetched, destination)
     except Exception as error:  # the hub client raises many unrelated types; any of them means "next source"
-        raise _FetchError(_one_line(error, 80)) from error
+        raise _FetchError(first_line(error, 80)) from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

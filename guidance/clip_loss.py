@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .clip_models import CLIPEncoder, check_images
+from .encoder import CLIPEncoder, check_images
 from .cutouts import MakeCutouts
 from .errors import InvalidInputError
 from .losses import DISTANCES, directional_loss

@@ -11,3 +11,10 @@ class InvalidInputError(ToolkitError, ValueError):
 
 class ModelUnavailableError(ToolkitError):
     """Weights that are neither cached nor downloadable (offline, unknown name, missing file)."""
+
+
+def first_line(error: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message, shortened to `limit` characters (its type name when empty)."""
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .clip_loss import IMAGENET_TEMPLATES, template_embedding
-from .clip_models import CLIPEncoder
+from .encoder import CLIPEncoder
 from .errors import InvalidInputError
 
 
@@ -32,6 +32,5 @@ def zero_shot_classify(model: CLIPEncoder, images: torch.Tensor, labels: Sequenc
     if not templates:
         raise InvalidInputError("zero_shot_classify needs at least one template, e.g. ['a photo of a {}.']")
     classes = torch.stack([template_embedding(model, label, templates) for label in labels])
-    scale = model.model.logit_scale.exp().float() if hasattr(model.model, "logit_scale") else 100.0
-    logits = scale * model.encode_image(images) @ classes.T
+    logits = model.logit_scale * model.encode_image(images) @ classes.T
     return F.softmax(logits, dim=-1)

@@ -133,8 +133,9 @@ def test_encode_text_returns_unit_vectors(tiny_clip):
 
 
 def test_encode_text_warns_when_truncating(tiny_clip):
-    with pytest.warns(UserWarning, match="truncated to 16 tokens"):
+    with pytest.warns(UserWarning, match="truncated to 16 tokens") as record:
         tiny_clip.encode_text(["a very long description " * 5])
+    assert record[0].filename == __file__, "the warning points at the caller of encode_text"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tiny_clip.encode_text(["a short text"])

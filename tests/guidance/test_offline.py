@@ -10,16 +10,6 @@ from guidance import InvalidInputError, ModelUnavailableError, load_clip
 from guidance.network import HUB_HOST, host_reachable
 
 
-@pytest.fixture
-def empty_cache(tmp_path, monkeypatch):
-    """An empty Hugging Face / toolkit cache, so no weights can come from an earlier download."""
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    monkeypatch.setenv("CLIP_GUIDANCE_CACHE", str(tmp_path / "toolkit"))
-    monkeypatch.delenv("CLIP_GUIDANCE_OFFLINE", raising=False)
-    return tmp_path / "cache"
-
-
 def assert_unavailable_quickly(cache_dir) -> str:
     started = time.monotonic()
     with pytest.raises(ModelUnavailableError) as info:
