@@ -32,32 +32,26 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from generators.diffusion import BUILTIN_DIFFUSION_MODELS  # noqa: E402
-from generators.vqgan import known_vqgan_names  # noqa: E402
 from guidance.cutouts import AUGMENT_PRESETS  # noqa: E402
 from guidance.errors import InvalidInputError, ToolkitError  # noqa: E402
 from guidance.images import load_image, save_png, tensor_to_pil  # noqa: E402
 from guidance.prompts import parse_prompts  # noqa: E402
 from guidance.runtime import PRECISIONS, pick_device, resolve_seed  # noqa: E402
-from pipelines.clip_guided_diffusion import CLIPGuidedDiffusionPipeline  # noqa: E402
-from pipelines.common import command_line, parse_size, round_size, run_cli  # noqa: E402
-from pipelines.vqgan_clip import VQGANCLIPPipeline  # noqa: E402
+from pipelines.common import call_defaults, command_line, parse_size, round_size, run_cli  # noqa: E402
+from pipelines.registry import PipelineSpec, get_pipeline_spec, load_pipeline, pipeline_names  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-VQGAN_CLIP = "VQGAN-CLIP"
-DIFFUSION = "CLIP-guided diffusion"
-METHODS = (VQGAN_CLIP, DIFFUSION)
-CLI_MODULES = {VQGAN_CLIP: "pipelines.vqgan_clip", DIFFUSION: "pipelines.clip_guided_diffusion"}
 MASKED_EDIT, DIRECTIONAL_EDIT, INIT_IMAGE_EDIT = "masked edit", "directional edit", "init-image edit"
 EDIT_METHODS = (MASKED_EDIT, DIRECTIONAL_EDIT, INIT_IMAGE_EDIT)
-OFFLINE_MODEL = "shapes-tiny"  # the packaged models, so the app works without a download
-CLIP_CHOICES = (OFFLINE_MODEL, "ViT-B-32:openai", "ViT-B-16:openai", "ViT-L-14:openai", "RN50:openai")
-DIFFUSION_CHOICES = (OFFLINE_MODEL, "google/ddpm-celebahq-256", "google/ddpm-church-256", "google/ddpm-bedroom-256",
-                     "google/ddpm-cat-256")
+OFFLINE_CLIP = "shapes-tiny"  # the packaged CLIP, so the app works without a download
+CLIP_CHOICES = (OFFLINE_CLIP, "ViT-B-32:openai", "ViT-B-16:openai", "ViT-L-14:openai", "RN50:openai")
+# The advanced settings: a pipeline call option each, by its label; empty fields are not sent.
+ADVANCED_OPTIONS = {"lr": "Learning rate", "cut_pow": "Cutout size power", "augment": "Cutout augmentation",
+                    "clip_scale": "CLIP scale", "tv_scale": "TV scale", "range_scale": "Range scale"}
 RUNS = "pipeline-runs"  # generate and edit share one queue slot (default_concurrency_limit=1): one GPU
 PREVIEWS_PER_RUN = 25  # intermediate images streamed per run; Stop is noticed at the next one
-PipelineType = VQGANCLIPPipeline | CLIPGuidedDiffusionPipeline
+Pipeline = Any  # a loaded pipeline: pipeline(prompt, **options) -> PipelineOutput, with a `size_factor`
 Outputs = tuple[Any, ...]
 
 
@@ -152,30 +146,126 @@ def uploaded_mask(path: str | Path) -> Image.Image:
     return tensor_to_pil(load_image(path, mode="L"))  # readable errors for unreadable files and unsupported types
 
 
+# --- the methods: the pipeline registry -----------------------------------------------------------------------
+
+
+def method_choices() -> list[tuple[str, str]]:
+    """The registered pipelines as (title, name) menu choices, in the registry's order."""
+    return [(get_pipeline_spec(name).title, name) for name in pipeline_names()]
+
+
+def pipeline_class(spec: PipelineSpec) -> type | None:
+    """The class a spec's loader builds (a classmethod, or the class a loader function names), None if unclear.
+
+    Only for what the page shows before any model loads (which options a method takes, their defaults); runs
+    check the loaded pipeline itself."""
+    load = spec.load
+    if inspect.ismethod(load) and isinstance(load.__self__, type):
+        return load.__self__
+    try:
+        names = inspect.getclosurevars(load)
+    except TypeError:  # a builtin or other non-Python callable
+        return None
+    classes = {value for value in (*names.globals.values(), *names.nonlocals.values())
+               if isinstance(value, type) and hasattr(value, "size_factor")}
+    return classes.pop() if len(classes) == 1 else None
+
+
+def option_default(cls: type, option: str) -> Any:
+    """What a pipeline class uses for an option left empty: its call's default, else its `default_<option>`
+    attribute, else its module's `DEFAULT_<OPTION>` (None when it decides by itself)."""
+    value = call_defaults(cls.__call__).get(option)
+    if value is None:
+        value = getattr(cls, f"default_{option}", None)
+    if value is None:
+        value = getattr(sys.modules.get(cls.__module__), f"DEFAULT_{option.upper()}", None)
+    return value
+
+
+def methods_taking(option: str) -> dict[str, Any]:
+    """The registered methods whose call takes the option: title -> the default it uses when left empty."""
+    taking = {}
+    for name in pipeline_names():
+        spec = get_pipeline_spec(name)
+        cls = pipeline_class(spec)
+        if cls is not None and option in spec.call_options(cls):
+            taking[spec.title] = option_default(cls, option)
+    return taking
+
+
+def option_info(option: str) -> str:
+    """An advanced field's hint: which methods use it and what an empty field means for each."""
+    taking = methods_taking(option)
+    if not taking:
+        return "no registered method uses it"
+    by_default: dict[str, list[str]] = {}
+    for title, default in taking.items():
+        shown = "automatic" if default is None else f"{default:g}" if isinstance(default, float) else str(default)
+        by_default.setdefault(shown, []).append(title)
+    only = f"{' and '.join(taking)} only; " if len(taking) < len(pipeline_names()) else ""
+    if len(by_default) == 1:
+        return f"{only}empty: {next(iter(by_default))}"
+    return only + "empty: " + ", ".join(f"{shown} ({', '.join(titles)})" for shown, titles in by_default.items())
+
+
+def option_label(option: str) -> str:
+    """How a call option reads in a message, e.g. 'clip scale'."""
+    return ADVANCED_OPTIONS.get(option, option.replace("_", " ")).lower()
+
+
+def check_options(spec: PipelineSpec, accepted: set[str], options: dict[str, Any]) -> None:
+    """Refuse, in one line, set options the pipeline's call does not take (naming the methods that do)."""
+    refused = [option for option in options if option not in accepted]
+    if not refused:
+        return
+    others = [title for title in methods_taking(refused[0])
+              if title != spec.title and all(title in methods_taking(option) for option in refused[1:])]
+    what = " and ".join(option_label(option) for option in refused)
+    verb, it = ("does", "it") if len(refused) == 1 else ("do", "them")
+    advice = f"clear {it} or pick {' or '.join(others)}" if others else f"clear {it}"
+    raise InvalidInputError(f"{what} {verb} not apply to {spec.title}; {advice}")
+
+
+def model_picker_settings(spec: PipelineSpec) -> dict[str, Any]:
+    """The model picker for a method: its choices (the packaged model first), that model, and its label."""
+    return {"choices": list(dict.fromkeys([spec.offline_model, *spec.model_choices()])), "value": spec.offline_model,
+            "label": spec.model_label, "info": f"a listed name or any value the CLI's {spec.model_flag} accepts"}
+
+
+def model_picker_update(method: str) -> dict[str, Any]:
+    """The model picker's new choices and value when the method changes."""
+    return gr.update(**model_picker_settings(get_pipeline_spec(method)))
+
+
+def cli_command(spec: PipelineSpec, model: str, clip_models: Sequence[str], prompt: str, options: dict[str, Any],
+                output: str) -> str:
+    """The pipeline CLI command that reproduces a run (file options by their names in the result's folder)."""
+    argv = [prompt, spec.model_flag, model]
+    for clip in clip_models:
+        argv += ["--clip-model", clip]
+    for key, value in options.items():
+        if isinstance(value, tuple):
+            value = f"{value[0]}x{value[1]}"
+        argv += [f"--{key.replace('_', '-')}", Path(value).name if isinstance(value, Path) else str(value)]
+    return command_line(spec.module, [*argv, "--output", output])
+
+
 # --- running pipelines ----------------------------------------------------------------------------------------
 
 
-def load_pipeline(method: str, model: str, clip_models: Sequence[str], device: torch.device) -> PipelineType:
-    """A pipeline for the method on the given generator and CLIP models."""
-    if method == VQGAN_CLIP:
-        return VQGANCLIPPipeline.from_pretrained(vqgan=model, clip_models=list(clip_models), device=device)
-    if method == DIFFUSION:
-        return CLIPGuidedDiffusionPipeline.from_pretrained(model=model, clip_models=list(clip_models), device=device)
-    raise InvalidInputError(f"unknown method {method!r}; choose {' or '.join(METHODS)}")
-
-
 class PipelineCache:
-    """Pipelines loaded once, keyed by (method, generator model, CLIP models, device); keeps the most recent few."""
+    """Pipelines loaded once, keyed by (pipeline name, model, CLIP models, device); keeps the most recent few."""
 
-    def __init__(self, capacity: int = 2, loader: Callable[..., PipelineType] = load_pipeline):
+    def __init__(self, capacity: int = 2,
+                 loader: Callable[[str, str, Sequence[str], torch.device], Pipeline] = load_pipeline):
         self.capacity = capacity
         self.loader = loader
-        self._pipelines: OrderedDict[tuple[str, str, tuple[str, ...], str], PipelineType] = OrderedDict()
+        self._pipelines: OrderedDict[tuple[str, str, tuple[str, ...], str], Pipeline] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, method: str, model: str, clip_models: Sequence[str], device: torch.device) -> PipelineType:
+    def get(self, name: str, model: str, clip_models: Sequence[str], device: torch.device) -> Pipeline:
         """The cached pipeline, or a freshly loaded one (evicting the oldest first, to free its memory)."""
-        key = (method, model, tuple(clip_models), str(device))
+        key = (name, model, tuple(clip_models), str(device))
         with self._lock:
             if key in self._pipelines:
                 self._pipelines.move_to_end(key)
@@ -184,7 +274,7 @@ class PipelineCache:
                 self._pipelines.popitem(last=False)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-            pipeline = self.loader(method, model, clip_models, device)
+            pipeline = self.loader(name, model, clip_models, device)
             self._pipelines[key] = pipeline
             return pipeline
 
@@ -269,19 +359,6 @@ def stream_pipeline(run: Callable[[Callable[[int, torch.Tensor], bool]], Any],
         worker.join()
 
 
-def cli_command(method: str, model: str, clip_models: Sequence[str], prompt: str, options: dict[str, Any],
-                output: str) -> str:
-    """The pipeline CLI command that reproduces a run (file options by their names in the result's folder)."""
-    argv = [prompt, "--vqgan" if method == VQGAN_CLIP else "--model", model]
-    for spec in clip_models:
-        argv += ["--clip-model", spec]
-    for key, value in options.items():
-        if isinstance(value, tuple):
-            value = f"{value[0]}x{value[1]}"
-        argv += [f"--{key.replace('_', '-')}", Path(value).name if isinstance(value, Path) else str(value)]
-    return command_line(CLI_MODULES[method], [*argv, "--output", output])
-
-
 def slug(text: str, limit: int = 40) -> str:
     """A file-name-safe short form of a prompt."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "image"
@@ -289,15 +366,21 @@ def slug(text: str, limit: int = 40) -> str:
 
 @dataclass
 class Job:
-    """One request: the pipeline to use, the arguments of its call, and files saved beside the result."""
+    """One request: the loaded pipeline and its spec, the arguments of its call, and files saved beside the result."""
 
-    method: str
+    spec: PipelineSpec
+    pipeline: Pipeline
     model: str
     clip_models: tuple[str, ...]
     prompt: str
     options: dict[str, Any]
     folder: Path
     inputs: list[Path] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> set[str]:
+        """The options the pipeline's call takes."""
+        return self.spec.call_options(self.pipeline)
 
     @property
     def steps_expected(self) -> int:
@@ -330,9 +413,9 @@ class WebApp:
         self.cache = cache or PipelineCache()
         self.stops = StopSignals()
 
-    def generate(self, prompt: str, negative: str, method: str, vqgan: str, diffusion: str, clip_models: list[str],
-                 size: str, steps: float, cutn: float, seed: float | None, random_seed: bool, lr: float | None,
-                 cut_pow: float | None, augment: str, clip_scale: float | None, tv_scale: float | None,
+    def generate(self, prompt: str, negative: str, method: str, model: str, clip_models: list[str], size: str,
+                 steps: float, cutn: float, seed: float | None, random_seed: bool, lr: float | None,
+                 cut_pow: float | None, augment: str | None, clip_scale: float | None, tv_scale: float | None,
                  range_scale: float | None, precision: str, results: list[str] | None,
                  request: gr.Request | None = None, progress: gr.Progress = gr.Progress()) -> Iterator[Outputs]:
         """Text to image: stream previews, then the result in the gallery and as a download."""
@@ -342,15 +425,15 @@ class WebApp:
                        "seed": seed_of(seed, random_seed), "lr": lr, "cut_pow": cut_pow, "augment": augment,
                        "clip_scale": clip_scale, "tv_scale": tv_scale, "range_scale": range_scale,
                        "precision": precision}
-            return self._job(method, vqgan, diffusion, clip_models, text, options)
+            return self._job(method, model, clip_models, text, options)
 
         yield from self._serve(job, results, request, progress)
 
     def edit(self, editor: dict[str, Any] | None, mask_file: str | None, target: str, source: str, edit_method: str,
-             method: str, vqgan: str, diffusion: str, clip_models: list[str], steps: float, cutn: float,
-             edit_strength: float, seed: float | None, random_seed: bool, lr: float | None, cut_pow: float | None,
-             augment: str, clip_scale: float | None, tv_scale: float | None, range_scale: float | None,
-             precision: str, results: list[str] | None, request: gr.Request | None = None,
+             method: str, model: str, clip_models: list[str], steps: float, cutn: float, edit_strength: float,
+             seed: float | None, random_seed: bool, lr: float | None, cut_pow: float | None, augment: str | None,
+             clip_scale: float | None, tv_scale: float | None, range_scale: float | None, precision: str,
+             results: list[str] | None, request: gr.Request | None = None,
              progress: gr.Progress = gr.Progress()) -> Iterator[Outputs]:
         """Edit an uploaded photo: the painted (or uploaded) mask, a directional edit, or an init-image edit."""
         def job() -> Job:
@@ -370,11 +453,12 @@ class WebApp:
             options = {"steps": int(steps), "cutn": int(cutn), "seed": seed_of(seed, random_seed), "lr": lr,
                        "cut_pow": cut_pow, "augment": augment, "clip_scale": clip_scale, "tv_scale": tv_scale,
                        "range_scale": range_scale, "precision": precision,
-                       "edit_strength": edit_strength if method == DIFFUSION else None,
-                       "source_text": source.strip() if edit_method == DIRECTIONAL_EDIT else None}
-            built = self._job(method, vqgan, diffusion, clip_models, text, options)
-            factor = self._size_factor(built)
-            size = round_size(fit_within(photo.size, self.config.max_size), factor, built.model)
+                       "source_text": source.strip() if edit_method == DIRECTIONAL_EDIT else None,
+                       "init_image": photo, "mask": mask}  # the images become files once the size is known
+            built = self._job(method, model, clip_models, text, options)
+            if "edit_strength" in built.accepted:
+                built.options["edit_strength"] = edit_strength
+            size = round_size(fit_within(photo.size, self.config.max_size), built.pipeline.size_factor, built.model)
             built.options["size"] = size
             built.options["init_image"] = self._save_input(built, photo.resize(size, Image.Resampling.LANCZOS), "init")
             if mask is not None:
@@ -389,32 +473,22 @@ class WebApp:
 
     # --- internals --------------------------------------------------------------------------------------------
 
-    def _job(self, method: str, vqgan: str, diffusion: str, clip_models: list[str] | None, prompt: str,
+    def _job(self, method: str, model: str | None, clip_models: list[str] | None, prompt: str,
              options: dict[str, Any]) -> Job:
-        """A job for the method's pipeline, keeping only the options its call takes."""
-        if method not in METHODS:
-            raise InvalidInputError(f"unknown method {method!r}; choose {' or '.join(METHODS)}")
-        model = ((vqgan if method == VQGAN_CLIP else diffusion) or "").strip()
+        """A job on the method's loaded pipeline with the options that are set; refuses any its call does not take."""
+        spec = get_pipeline_spec(method)
+        model = (model or "").strip()
         if not model:
-            raise InvalidInputError(f"no {'VQGAN' if method == VQGAN_CLIP else 'diffusion'} model chosen; "
-                                    f"pick one, e.g. {OFFLINE_MODEL}")
-        clips = tuple(spec.strip() for spec in clip_models or [] if spec and spec.strip())
+            raise InvalidInputError(f"no {spec.model_label} chosen; pick one, e.g. {spec.offline_model}")
+        clips = tuple(clip.strip() for clip in clip_models or [] if clip and clip.strip())
         if not clips:
-            raise InvalidInputError(f"no CLIP model chosen; pick at least one, e.g. {OFFLINE_MODEL}")
-        pipeline = VQGANCLIPPipeline if method == VQGAN_CLIP else CLIPGuidedDiffusionPipeline
-        accepted = inspect.signature(pipeline.__call__).parameters
-        kept = {key: value for key, value in options.items() if value is not None and key in accepted}
+            raise InvalidInputError(f"no CLIP model chosen; pick at least one, e.g. {OFFLINE_CLIP}")
+        pipeline = self.cache.get(method, model, clips, self.device)
+        chosen = {key: value for key, value in options.items() if value is not None and value != ""}
         folder = self.config.output_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        return Job(method, model, clips, prompt, kept, folder)
-
-    def _pipeline(self, job: Job) -> PipelineType:
-        """The job's pipeline, from the cache."""
-        return self.cache.get(job.method, job.model, job.clip_models, self.device)
-
-    def _size_factor(self, job: Job) -> int:
-        """The generator's size factor (output sides are multiples of it)."""
-        pipeline = self._pipeline(job)
-        return pipeline.vqgan.factor if isinstance(pipeline, VQGANCLIPPipeline) else pipeline.model.size_factor
+        job = Job(spec, pipeline, model, clips, prompt, chosen, folder)
+        check_options(spec, job.accepted, chosen)
+        return job
 
     def _save_input(self, job: Job, image: Image.Image, name: str) -> Path:
         """Save an edit's input beside the result (so the recipe's command finds it) and return its path."""
@@ -442,11 +516,11 @@ class WebApp:
 
     def _execute(self, job: Job, results: list[str], stop: threading.Event, progress: gr.Progress) -> Iterator[Outputs]:
         """Run the job, streaming previews; save the result (also when stopped) with its recipe."""
-        pipeline = self._pipeline(job)
+        pipeline = job.pipeline
         total = job.steps_expected
         save_every = max(1, job.options["steps"] // PREVIEWS_PER_RUN)
         seed = job.options["seed"]
-        yield outputs(status=f"Running {job.method} on {self.device} (seed {seed})…", seed=seed)
+        yield outputs(status=f"Running {job.spec.title} on {self.device} (seed {seed})…", seed=seed)
         output = None
         for event in stream_pipeline(lambda callback: pipeline(job.prompt, **job.options, save_every=save_every,
                                                                callback=callback, progress=False), stop):
@@ -468,7 +542,7 @@ class WebApp:
     def _save_result(self, job: Job, output: Any) -> Path:
         """Save the result PNG with the pipeline's recipe and the CLI command that reproduces it."""
         name = f"{slug(parse_prompts(job.prompt)[0].text)}-{output.recipe['seed']}.png"
-        command = cli_command(job.method, job.model, job.clip_models, job.prompt, job.options, name)
+        command = cli_command(job.spec, job.model, job.clip_models, job.prompt, job.options, name)
         return save_png(output.images[0], job.folder / name, {**output.recipe, "command": command})
 
 
@@ -492,19 +566,20 @@ def outputs(preview: Any = None, status: Any = None, gallery: Any = None, files:
 # --- the page -------------------------------------------------------------------------------------------------
 
 
-def advanced_settings() -> list[gr.components.Component]:
-    """The folded advanced settings: lr, cut_pow, augment, diffusion guidance scales, precision."""
+def advanced_settings(tab: str) -> list[gr.components.Component]:
+    """The folded advanced settings (`ADVANCED_OPTIONS`, empty by default: each method's own), then precision."""
+    fields = []
+    options = list(ADVANCED_OPTIONS.items())
     with gr.Accordion("Advanced settings", open=False):
-        with gr.Row():
-            lr = gr.Number(None, label="Learning rate (VQGAN-CLIP)", info="empty: 0.1", minimum=0)
-            cut_pow = gr.Number(None, label="Cutout size power", info="empty: 1 (VQGAN-CLIP), 0.5 (diffusion)")
-            augment = gr.Dropdown(list(AUGMENT_PRESETS), value="default", label="Cutout augmentation")
-        with gr.Row():
-            clip_scale = gr.Number(None, label="CLIP scale (diffusion)", info="empty: 1000")
-            tv_scale = gr.Number(None, label="TV scale (diffusion)", info="empty: 150")
-            range_scale = gr.Number(None, label="Range scale (diffusion)", info="empty: 50")
+        for row in (options[:3], options[3:]):
+            with gr.Row():
+                for option, label in row:
+                    settings = {"label": label, "info": option_info(option),
+                                "elem_id": f"{tab}-{option.replace('_', '-')}"}
+                    fields.append(gr.Dropdown(list(AUGMENT_PRESETS), value=None, **settings) if option == "augment"
+                                  else gr.Number(None, minimum=0 if option == "lr" else None, **settings))
         precision = gr.Radio(list(PRECISIONS), value="fp32", label="Precision", info="bf16/fp16 save GPU memory")
-    return [lr, cut_pow, augment, clip_scale, tv_scale, range_scale, precision]
+    return [*fields, precision]
 
 
 def seed_controls(tab: str) -> list[gr.components.Component]:
@@ -546,20 +621,24 @@ class RunPanel:
         self.stop.click(app.stop, None, None, queue=False)
 
 
-def model_pickers() -> list[gr.components.Component]:
-    """The generator and CLIP model choices, shared by both tabs (any name the CLIs accept may be typed)."""
+def clip_picker() -> gr.Dropdown:
+    """The CLIP models, shared by both tabs (any spec the CLIs accept may be typed)."""
+    return gr.Dropdown(list(CLIP_CHOICES), value=[OFFLINE_CLIP], multiselect=True, label="CLIP models",
+                       allow_custom_value=True, info="NAME[:PRETRAINED][:WEIGHT]", elem_id="clip-models")
+
+
+def method_picker(tab: str, label: str) -> list[gr.components.Component]:
+    """The method (the registered pipelines) and one model picker whose choices follow it."""
+    choices = method_choices()
     with gr.Row():
-        vqgan = gr.Dropdown(known_vqgan_names(), value=OFFLINE_MODEL, label="VQGAN", allow_custom_value=True,
-                            info="a name, a checkpoint path or hf://owner/repo")
-        diffusion = gr.Dropdown(list(dict.fromkeys([*DIFFUSION_CHOICES, *BUILTIN_DIFFUSION_MODELS])),
-                                value=OFFLINE_MODEL, label="Diffusion model", allow_custom_value=True,
-                                info="a built-in name, a hub id or a diffusers folder")
-        clip_models = gr.Dropdown(list(CLIP_CHOICES), value=[OFFLINE_MODEL], multiselect=True, label="CLIP models",
-                                  allow_custom_value=True, info="NAME[:PRETRAINED][:WEIGHT]")
-    return [vqgan, diffusion, clip_models]
+        method = gr.Radio(choices, value=choices[0][1], label=label, elem_id=f"{tab}-method")
+        model = gr.Dropdown(**model_picker_settings(get_pipeline_spec(choices[0][1])), allow_custom_value=True,
+                            elem_id=f"{tab}-model")
+    method.change(model_picker_update, method, model, queue=False)
+    return [method, model]
 
 
-def text_to_image_tab(app: WebApp, models: list[gr.components.Component]) -> None:
+def text_to_image_tab(app: WebApp, clip_models: gr.Dropdown) -> None:
     """The text-to-image tab."""
     with gr.Tab("Text to image"), gr.Row():
         with gr.Column():
@@ -568,20 +647,21 @@ def text_to_image_tab(app: WebApp, models: list[gr.components.Component]) -> Non
                                 info="'text:weight' items joined by '|'; a negative weight pushes away")
             negative = gr.Textbox(label="Negative prompt", elem_id="negative", placeholder="blurry | text",
                                   info="what to avoid; each '|' item is added with weight -1")
-            method = gr.Radio(list(METHODS), value=VQGAN_CLIP, label="Method")
+            method = method_picker("generate", "Method")
             with gr.Row():
                 size = gr.Textbox("64", label="Size", info="WIDTH or WIDTHxHEIGHT; empty: the default", elem_id="size")
                 steps = gr.Slider(1, 1000, value=60, step=1, label="Steps", elem_id="steps")
                 cutn = gr.Slider(1, 128, value=16, step=1, label="Cutouts", elem_id="cutn")
             seed = seed_controls("generate")
-            advanced = advanced_settings()
+            advanced = advanced_settings("generate")
             panel = RunPanel("generate", "Generate")
         with gr.Column():
             panel.place_outputs()
-    panel.connect(app, app.generate, [prompt, negative, method, *models, size, steps, cutn, *seed, *advanced], seed[0])
+    panel.connect(app, app.generate, [prompt, negative, *method, clip_models, size, steps, cutn, *seed, *advanced],
+                  seed[0])
 
 
-def edit_tab(app: WebApp, models: list[gr.components.Component]) -> None:
+def edit_tab(app: WebApp, clip_models: gr.Dropdown) -> None:
     """The edit tab: a photo with a brush for the mask (or an uploaded mask), texts, method and generator."""
     with gr.Tab("Edit an image"), gr.Row():
         with gr.Column():
@@ -596,30 +676,32 @@ def edit_tab(app: WebApp, models: list[gr.components.Component]) -> None:
             edit_method = gr.Radio(list(EDIT_METHODS), value=MASKED_EDIT, label="Edit",
                                    info="masked: only the painted region changes; directional: from the source "
                                         "text to the target; init-image: start from the photo")
-            method = gr.Radio(list(METHODS), value=VQGAN_CLIP, label="Generator")
+            method = method_picker("edit", "Generator")
+            strength_users = methods_taking("edit_strength")
             with gr.Row():
                 steps = gr.Slider(1, 1000, value=40, step=1, label="Steps", elem_id="edit-steps")
                 cutn = gr.Slider(1, 128, value=16, step=1, label="Cutouts", elem_id="edit-cutn")
-                strength = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="Edit strength (diffusion)",
-                                     elem_id="edit-strength")
+                strength = gr.Slider(0.05, 1.0, value=next(iter(strength_users.values()), None), step=0.05,
+                                     label=f"Edit strength ({', '.join(strength_users)})", elem_id="edit-strength",
+                                     visible=bool(strength_users))
             seed = seed_controls("edit")
-            advanced = advanced_settings()
+            advanced = advanced_settings("edit")
             panel = RunPanel("edit", "Edit")
         with gr.Column():
             panel.place_outputs()
-    panel.connect(app, app.edit, [editor, mask_file, target, source, edit_method, method, *models, steps, cutn,
+    panel.connect(app, app.edit, [editor, mask_file, target, source, edit_method, *method, clip_models, steps, cutn,
                                   strength, *seed, *advanced], seed[0])
 
 
 def build_app(config: AppConfig | None = None, cache: PipelineCache | None = None) -> gr.Blocks:
-    """The page: shared model pickers, a text-to-image tab and an edit tab, queued one request at a time."""
+    """The page: the shared CLIP picker, a text-to-image tab and an edit tab, queued one request at a time."""
     app = WebApp(config or AppConfig(), cache)
     with gr.Blocks(title="CLIP guidance toolkit") as blocks:
-        gr.Markdown("# CLIP guidance toolkit\nGenerate and edit images guided by CLIP. "
-                    f"The `{OFFLINE_MODEL}` models ship with the package and work offline; others download once.")
-        models = model_pickers()
-        text_to_image_tab(app, models)
-        edit_tab(app, models)
+        gr.Markdown("# CLIP guidance toolkit\nGenerate and edit images guided by CLIP. Each method's first model "
+                    f"and the `{OFFLINE_CLIP}` CLIP ship with the package and work offline; others download once.")
+        clip_models = clip_picker()
+        text_to_image_tab(app, clip_models)
+        edit_tab(app, clip_models)
     return blocks.queue(default_concurrency_limit=1)
 
 

@@ -143,6 +143,22 @@ def test_bad_input_shows_a_message_and_the_app_keeps_serving(page, tmp_path):
     page.locator("#generate-status", has_text="Done: 2 steps").wait_for()
 
 
+def test_picking_a_method_switches_the_model_picker_and_runs_it(page, tmp_path):
+    assert page.input_value("#generate-model input") == "shapes-tiny"  # VQGAN-CLIP's packaged model
+    page.locator("#generate-method").get_by_text("Pixels-CLIP").click()
+    page.wait_for_function("document.querySelector('#generate-model input').value === 'fft'")
+    page.fill("#prompt textarea", "a red circle")
+    page.fill("#size textarea", "32")
+    set_slider(page, "steps", 3)
+    set_slider(page, "cutn", 4)
+    page.click("#generate")
+    page.locator("#generate-status", has_text="Done: 3 steps").wait_for()
+    screenshot(page, tmp_path, "pixels-clip")
+    recipe = read_recipe(download(page, "generate", tmp_path))
+    assert recipe["pipeline"] == "pixels_clip" and recipe["parameterization"] == "fft"
+    assert recipe["command"].startswith("python -m pipelines.pixels_clip 'a red circle' --parameterization fft")
+
+
 def test_edit_with_a_drawn_mask(page, tmp_path):
     photo = Image.new("RGB", (64, 64), (128, 128, 128))
     ImageDraw.Draw(photo).ellipse((16, 16, 47, 47), fill=(220, 30, 30))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,23 +14,27 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from apps.gradio_app import (DIFFUSION, DIRECTIONAL_EDIT, INIT_IMAGE_EDIT, MASKED_EDIT, RUNS, VQGAN_CLIP, AppConfig,
-                             PipelineCache, Preview, WebApp, build_app, build_parser, check_size, editor_mask,
-                             editor_photo, error_message, main, merge_negative_prompt, seed_of, stream_pipeline,
-                             uploaded_mask)
+from apps.gradio_app import (DIRECTIONAL_EDIT, INIT_IMAGE_EDIT, MASKED_EDIT, RUNS, AppConfig, PipelineCache, Preview,
+                             WebApp, build_app, build_parser, check_size, editor_mask, editor_photo, error_message,
+                             main, merge_negative_prompt, model_picker_update, seed_of, stream_pipeline, uploaded_mask)
 from guidance.errors import InvalidInputError
 from guidance.images import read_recipe
 from guidance.prompts import parse_prompts
+from pipelines import clip_guided_diffusion, registry
 from pipelines.common import run_cli
+from pipelines.pixels_clip import PixelsCLIPPipeline
+from pipelines.registry import get_pipeline_spec, pipeline_names
+from pipelines.vqgan_clip import VQGANCLIPPipeline
 
 PREVIEW, STATUS, GALLERY, FILES, SEED, RESULTS = range(6)
+VQGAN_CLIP, PIXELS_CLIP, DIFFUSION = "vqgan_clip", "pixels_clip", "clip_guided_diffusion"  # registry names
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory) -> WebApp:
-    """The handlers on CPU with a shared model cache (the shapes-tiny models load once for the module)."""
+    """The handlers on CPU with a shared model cache (each method's tiny models load once for the module)."""
     return WebApp(AppConfig(device="cpu", max_size=128, max_upload_pixels=128 * 128,
-                            output_dir=tmp_path_factory.mktemp("app-results")))
+                            output_dir=tmp_path_factory.mktemp("app-results")), PipelineCache(capacity=3))
 
 
 def session(name: str = "test") -> SimpleNamespace:
@@ -39,17 +44,16 @@ def session(name: str = "test") -> SimpleNamespace:
 
 def generate(app: WebApp, prompt: str = "a red circle", request: Any = None, **overrides: Any):
     """The text-to-image handler with tiny settings on the shapes-tiny models (a generator of outputs)."""
-    args = dict(prompt=prompt, negative="", method=VQGAN_CLIP, vqgan="shapes-tiny", diffusion="shapes-tiny",
-                clip_models=["shapes-tiny"], size="64", steps=4, cutn=4, seed=3, random_seed=False, lr=None,
-                cut_pow=None, augment="default", clip_scale=None, tv_scale=None, range_scale=None, precision="fp32",
-                results=[])
+    args = dict(prompt=prompt, negative="", method=VQGAN_CLIP, model="shapes-tiny", clip_models=["shapes-tiny"],
+                size="64", steps=4, cutn=4, seed=3, random_seed=False, lr=None, cut_pow=None, augment=None,
+                clip_scale=None, tv_scale=None, range_scale=None, precision="fp32", results=[])
     return app.generate(**{**args, **overrides}, request=request or session())
 
 
 def edit(app: WebApp, editor: dict[str, Any], request: Any = None, **overrides: Any):
     """The edit handler with tiny settings on the shapes-tiny models (a generator of outputs)."""
     args = dict(mask_file=None, target="a blue circle", source="", edit_method=MASKED_EDIT, method=VQGAN_CLIP,
-                vqgan="shapes-tiny", diffusion="shapes-tiny", clip_models=["shapes-tiny"], steps=4, cutn=4,
+                model="shapes-tiny", clip_models=["shapes-tiny"], steps=4, cutn=4,
                 edit_strength=0.5, seed=1, random_seed=False, lr=None, cut_pow=None, augment="default",
                 clip_scale=None, tv_scale=None, range_scale=None, precision="fp32", results=[])
     return app.edit(editor, **{**args, **overrides}, request=request or session())
@@ -288,8 +292,10 @@ def test_stop_of_another_session_does_not_touch_a_run(app):
     ({"size": "512"}, "larger than this app allows"),
     ({"prompt": "a red circle:"}, "empty weight"),
     ({"clip_models": []}, "no CLIP model chosen"),
-    ({"vqgan": "no-such-vqgan"}, "unknown VQGAN 'no-such-vqgan'"),
-    ({"method": DIFFUSION, "diffusion": "./no-such-model"}, "diffusion model './no-such-model' is neither a folder"),
+    ({"model": "no-such-vqgan"}, "unknown VQGAN 'no-such-vqgan'"),
+    ({"model": " "}, "no VQGAN chosen; pick one, e.g. shapes-tiny"),
+    ({"method": DIFFUSION, "model": "./no-such-model"}, "diffusion model './no-such-model' is neither a folder"),
+    ({"method": "no-such-method"}, "unknown pipeline 'no-such-method'"),
     ({"precision": "fp16"}, "fp16 needs a GPU"),
 ])
 def test_bad_input_shows_one_line_and_the_app_keeps_serving(app, overrides, message):
@@ -300,8 +306,105 @@ def test_bad_input_shows_one_line_and_the_app_keeps_serving(app, overrides, mess
 
 
 def test_missing_weights_report_how_to_get_them(app):
-    error, _ = error_of(generate(app, method=DIFFUSION, diffusion="./no-such-model"))
+    error, _ = error_of(generate(app, method=DIFFUSION, model="./no-such-model"))
     assert "pass a local diffusers folder instead: --model path/to/folder" in error
+
+
+# --- the methods come from the pipeline registry -----------------------------------------------------------
+
+
+def page_components(blocks: gr.Blocks) -> dict[str, Any]:
+    """The page's components by their elem_id."""
+    return {block.elem_id: block for block in blocks.blocks.values() if getattr(block, "elem_id", None)}
+
+
+def test_method_lists_are_the_registry_titles_and_the_model_picker_follows(tmp_path):
+    titles = [get_pipeline_spec(name).title for name in pipeline_names()]
+    assert "Pixels-CLIP" in titles
+    blocks = build_app(AppConfig(device="cpu", output_dir=tmp_path))
+    components = page_components(blocks)
+    for tab in ("generate", "edit"):
+        method, model = components[f"{tab}-method"], components[f"{tab}-model"]
+        assert [label for label, _ in method.choices] == titles
+        assert [value for _, value in method.choices] == pipeline_names() and method.value == pipeline_names()[0]
+        first = get_pipeline_spec(pipeline_names()[0])
+        assert model.value == first.offline_model and model.label == first.model_label
+    assert sum(fn.name == "model_picker_update" for fn in blocks.fns.values()) == 2  # one per tab
+    pixels = model_picker_update(PIXELS_CLIP)
+    assert pixels["choices"] == ["fft", "rgb"] and pixels["value"] == "fft" and pixels["label"] == "Parameterization"
+    assert model_picker_update(DIFFUSION)["value"] == "shapes-tiny"
+
+
+def test_advanced_fields_start_empty_and_show_the_pipelines_defaults(tmp_path):
+    components = page_components(build_app(AppConfig(device="cpu", output_dir=tmp_path)))
+    for option in ("lr", "cut-pow", "augment", "clip-scale", "tv-scale", "range-scale"):
+        assert components[f"generate-{option}"].value is None and components[f"edit-{option}"].value is None
+    lr = components["generate-lr"].info
+    assert f"{VQGANCLIPPipeline.default_lr:g} (VQGAN-CLIP)" in lr
+    assert f"{PixelsCLIPPipeline.default_lr:g} (Pixels-CLIP)" in lr
+    assert lr.startswith("VQGAN-CLIP and Pixels-CLIP only")
+    assert components["generate-clip-scale"].info == (f"CLIP-guided diffusion only; "
+                                                      f"empty: {clip_guided_diffusion.DEFAULT_CLIP_SCALE:g}")
+    assert components["edit-strength"].value == clip_guided_diffusion.DEFAULT_EDIT_STRENGTH
+    assert components["edit-strength"].label == "Edit strength (CLIP-guided diffusion)"
+
+
+def test_pixels_clip_runs_end_to_end_on_the_shipped_clip(app):
+    outputs = list(generate(app, "a red circle", method=PIXELS_CLIP, model="fft", size="32", steps=4, cutn=4))
+    assert any(isinstance(o[PREVIEW], Image.Image) for o in outputs[:-1]), "no intermediate image was streamed"
+    final = outputs[-1]
+    assert "Done: 4 steps" in final[STATUS]
+    recipe = read_recipe(final[FILES][0])
+    assert recipe["pipeline"] == "pixels_clip" and recipe["parameterization"] == "fft" and recipe["size"] == "32x32"
+    assert recipe["command"].startswith("python -m pipelines.pixels_clip 'a red circle' --parameterization fft "
+                                        "--clip-model shapes-tiny")
+    assert Image.open(final[FILES][0]).size == (32, 32)
+
+
+def test_pixels_clip_masked_edit_keeps_the_unpainted_region(app):
+    final = last_outputs(edit(app, photo_editor(painted=(8, 8, 23, 23)), method=PIXELS_CLIP, model="rgb", steps=3))
+    result_path, init_path, mask_path = map(Path, final[FILES])
+    assert read_recipe(result_path)["command"].startswith("python -m pipelines.pixels_clip 'a blue circle'")
+    result, init = (np.asarray(Image.open(p).convert("RGB")).astype(int) for p in (result_path, init_path))
+    outside = np.asarray(Image.open(mask_path)) == 0
+    assert np.abs(result - init)[outside].max() <= 1 and np.abs(result - init)[~outside].mean() > 1
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"clip_scale": 500.0}, "clip scale does not apply to VQGAN-CLIP; clear it or pick CLIP-guided diffusion"),
+    ({"method": PIXELS_CLIP, "model": "fft", "tv_scale": 1.0, "range_scale": 2.0},
+     "tv scale and range scale do not apply to Pixels-CLIP; clear them or pick CLIP-guided diffusion"),
+    ({"method": DIFFUSION, "lr": 0.2},
+     "learning rate does not apply to CLIP-guided diffusion; clear it or pick VQGAN-CLIP or Pixels-CLIP"),
+])
+def test_a_set_option_the_pipeline_does_not_take_is_refused_in_one_line(app, overrides, message):
+    error, seen = error_of(generate(app, **overrides))
+    assert error == message and message in seen[-1][STATUS]
+
+
+def test_edit_refuses_options_the_generator_does_not_take(app):
+    error, _ = error_of(edit(app, photo_editor(), clip_scale=10.0))
+    assert error == "clip scale does not apply to VQGAN-CLIP; clear it or pick CLIP-guided diffusion"
+
+
+def test_a_new_registry_row_appears_in_the_app_and_runs(tmp_path, monkeypatch):
+    (tmp_path / "noise_clip_demo.py").write_text(textwrap.dedent("""
+        from dataclasses import replace
+
+        from pipelines.pixels_clip import SPEC as PIXELS
+
+        SPEC = replace(PIXELS, name="noise_clip_demo", title="Noise-CLIP", module="noise_clip_demo")
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(registry.PIPELINES, "noise_clip_demo", "noise_clip_demo")
+    config = AppConfig(device="cpu", max_size=64, output_dir=tmp_path / "results")
+    components = page_components(build_app(config))
+    for tab in ("generate", "edit"):
+        assert ("Noise-CLIP", "noise_clip_demo") in components[f"{tab}-method"].choices
+    final = last_outputs(generate(WebApp(config), method="noise_clip_demo", model="rgb", size="32", steps=2))
+    assert "Done: 2 steps" in final[STATUS]
+    assert read_recipe(final[FILES][0])["command"].startswith("python -m noise_clip_demo 'a red circle' "
+                                                              "--parameterization rgb")
 
 
 # --- editing --------------------------------------------------------------------------------------------------
@@ -313,6 +416,7 @@ def test_masked_edit_changes_only_the_painted_region(app):
     recipe = read_recipe(result_path)
     assert recipe["mask"] == str(mask_path) and recipe["init_image"] == str(init_path)
     assert "--init-image init.png --mask mask.png" in recipe["command"]
+    assert "--edit-strength" not in recipe["command"]  # VQGAN-CLIP's call does not take it, so it is not set
     result, init = (np.asarray(Image.open(p).convert("RGB")).astype(int) for p in (result_path, init_path))
     outside = np.asarray(Image.open(mask_path)) == 0
     assert result.shape == init.shape == (48, 48, 3)
@@ -323,7 +427,9 @@ def test_masked_edit_changes_only_the_painted_region(app):
 def test_masked_diffusion_edit_keeps_the_unpainted_region(app):
     final = last_outputs(edit(app, photo_editor(painted=(8, 8, 23, 23)), method=DIFFUSION, steps=6))
     result_path, init_path, mask_path = map(Path, final[FILES])
-    assert read_recipe(result_path)["pipeline"] == "clip_guided_diffusion"
+    recipe = read_recipe(result_path)
+    assert recipe["pipeline"] == "clip_guided_diffusion"
+    assert "--edit-strength 0.5" in recipe["command"]  # set by the app, as the diffusion call takes it
     result, init = (np.asarray(Image.open(p).convert("RGB")).astype(int) for p in (result_path, init_path))
     outside = np.asarray(Image.open(mask_path)) == 0
     assert np.abs(result - init)[outside].max() <= 1 and np.abs(result - init)[~outside].mean() > 1
