@@ -3,14 +3,17 @@
 from generators.diffusion.configs import character_tokenizer, random_latent_model, random_pixel_model
 from generators.diffusion.finetune import finetune_unet
 from generators.diffusion.guidance import clamp_rms, guided_eps
-from generators.diffusion.loading import BUILTIN_DIFFUSION_MODELS, load_diffusion, save_diffusion
+from generators.diffusion.loading import (BUILTIN_DIFFUSION_MODELS, KNOWN_DIFFUSION_MODELS, known_diffusion_names,
+                                          load_diffusion, save_diffusion)
 from generators.diffusion.models import DiffusionModel, LatentDiffusion, PixelDiffusion, TextCondition
-from generators.diffusion.sampling import (SCHEDULERS, ddim_invert, ddim_move, ddim_sample, final_alpha, make_scheduler,
-                                           previous_timestep, scheduler_step, spaced_timesteps)
+from generators.diffusion.sampling import (SCHEDULERS, ddim_invert, ddim_move, ddim_sample, final_alpha,
+                                           inversion_timesteps, make_scheduler, previous_timestep, scheduler_step,
+                                           spaced_timesteps)
 
 __all__ = [
     "BUILTIN_DIFFUSION_MODELS",
     "DiffusionModel",
+    "KNOWN_DIFFUSION_MODELS",
     "LatentDiffusion",
     "PixelDiffusion",
     "SCHEDULERS",
@@ -23,6 +26,8 @@ __all__ = [
     "final_alpha",
     "finetune_unet",
     "guided_eps",
+    "inversion_timesteps",
+    "known_diffusion_names",
     "load_diffusion",
     "make_scheduler",
     "previous_timestep",

@@ -22,12 +22,15 @@ from huggingface_hub import snapshot_download
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from generators.diffusion.models import DiffusionModel, LatentDiffusion, PixelDiffusion
-from guidance.errors import InvalidInputError, ModelUnavailableError
+from guidance.errors import InvalidInputError, ModelUnavailableError, first_line
 from guidance.network import HUB_HOST, host_reachable, hub_offline
 
 # Models shipped inside the package: name -> diffusers folder. shapes-tiny: a 32x32 DDPM of the shapes world,
-# trained by pipelines/train_diffusion.py.
+# trained by training/train_diffusion.py.
 BUILTIN_DIFFUSION_MODELS: dict[str, Path] = {"shapes-tiny": Path(__file__).parents[1] / "weights" / "shapes-tiny-ddpm"}
+# Published pixel DDPMs on the hub that the toolkit drives (downloaded once, then cached).
+KNOWN_DIFFUSION_MODELS = ("google/ddpm-celebahq-256", "google/ddpm-church-256", "google/ddpm-bedroom-256",
+                          "google/ddpm-cat-256")
 
 INFO_FILE = "clip_guidance.json"
 LOCAL_FOLDER_HINT = ("pass a local diffusers folder instead: --model path/to/folder "
@@ -51,10 +54,9 @@ def _quiet_libraries() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _first_line(error: BaseException) -> str:
-    """The first line of an exception's message, shortened."""
-    lines = str(error).strip().splitlines()
-    return (lines[0] if lines else type(error).__name__)[:160]
+def known_diffusion_names() -> list[str]:
+    """Names `load_diffusion` accepts without a path: packaged models, then downloadable ones (no repeats)."""
+    return list(dict.fromkeys([*BUILTIN_DIFFUSION_MODELS, *KNOWN_DIFFUSION_MODELS]))
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -64,7 +66,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise InvalidInputError(f"cannot read {path}: {_first_line(error)}") from None
+        raise InvalidInputError(f"cannot read {path}: {first_line(error)}") from None
 
 
 def _hub_configs(repo: str) -> tuple[Path, bool]:
@@ -74,7 +76,7 @@ def _hub_configs(repo: str) -> tuple[Path, bool]:
         with hub_offline() if offline else contextlib.nullcontext(), _quiet_libraries():
             folder = snapshot_download(repo, allow_patterns=["*.json", "*.txt"], local_files_only=offline)
     except Exception as error:  # the hub client raises many unrelated types; all mean "not available"
-        reason = "offline and not in the cache" if offline else f"download failed: {_first_line(error)}"
+        reason = "offline and not in the cache" if offline else f"download failed: {first_line(error)}"
         raise ModelUnavailableError(f"diffusion model {repo} is unavailable ({reason}); {LOCAL_FOLDER_HINT}") from None
     return Path(folder), offline
 
@@ -112,7 +114,7 @@ def _component(cls: Any, source: str, subfolder: str | None, offline: bool, spec
             return cls.from_pretrained(source, subfolder=subfolder, local_files_only=offline).float()
     except (OSError, ValueError, RuntimeError) as error:
         raise ModelUnavailableError(f"cannot load the {subfolder or 'UNet'} of diffusion model {spec} "
-                                    f"({_first_line(error)}); {LOCAL_FOLDER_HINT}") from None
+                                    f"({first_line(error)}); {LOCAL_FOLDER_HINT}") from None
 
 
 def load_diffusion(name_or_path: str | Path, device: str | torch.device | None = None) -> DiffusionModel:

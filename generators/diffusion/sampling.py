@@ -62,6 +62,14 @@ def spaced_timesteps(start: int, end: int, count: int) -> list[int]:
     return list(dict.fromkeys(values))
 
 
+def inversion_timesteps(timesteps: Sequence[int], count: int | None = None) -> list[int]:
+    """Ascending timesteps to invert along for a run on descending `timesteps`: the run's own in reverse (an exact
+    mirror), or `count` evenly spaced ones ending at the run's first timestep."""
+    if count is None:
+        return list(timesteps)[::-1]
+    return spaced_timesteps(timesteps[-1], timesteps[0], count)
+
+
 @torch.no_grad()
 def ddim_invert(model: DiffusionModel, x: torch.Tensor, timesteps: Sequence[int], condition: TextCondition | None,
                 start_alpha: float, refine: int = 0) -> torch.Tensor:

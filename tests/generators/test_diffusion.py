@@ -10,7 +10,8 @@ import pytest
 import torch
 from diffusers import DDPMPipeline
 
-from generators.diffusion import (DiffusionModel, clamp_rms, guided_eps, load_diffusion, random_latent_model,
+from generators.diffusion import (BUILTIN_DIFFUSION_MODELS, DiffusionModel, clamp_rms, guided_eps,
+                                  inversion_timesteps, known_diffusion_names, load_diffusion, random_latent_model,
                                   random_pixel_model, save_diffusion)
 from generators.diffusion.configs import DDPM_SCHEDULER
 from guidance import InvalidInputError, ModelUnavailableError
@@ -110,3 +111,15 @@ def test_clamp_rms_leaves_small_and_zero_gradients_alone():
     small = torch.full((1, 2, 2), 0.01)
     assert torch.equal(clamp_rms(small, 0.05), small)
     assert torch.equal(clamp_rms(torch.zeros(1, 2, 2), 0.05), torch.zeros(1, 2, 2))
+
+
+def test_known_names_list_the_packaged_models_first_without_repeats():
+    names = known_diffusion_names()
+    assert names[:len(BUILTIN_DIFFUSION_MODELS)] == list(BUILTIN_DIFFUSION_MODELS) and "google/ddpm-cat-256" in names
+    assert len(names) == len(set(names))
+
+
+def test_inversion_mirrors_the_run_or_spaces_its_own_steps():
+    run = [900, 800, 700, 600]
+    assert inversion_timesteps(run) == [600, 700, 800, 900]
+    assert inversion_timesteps(run, 2) == [600, 900] and inversion_timesteps(run, 7)[-1] == 900

@@ -19,8 +19,10 @@ from PIL import Image
 from generators.diffusion import load_diffusion, random_latent_model, random_pixel_model, save_diffusion
 from guidance import CLIPLoss, InvalidInputError, MakeCutouts, ToolkitError, read_recipe, save_clip
 from guidance.images import pil_to_tensor
-from pipelines.clip_guided_diffusion import CLIPGuidedDiffusionPipeline, main
-from pipelines.common import run_cli
+from pipelines.clip_guided_diffusion import CLIPGuidedDiffusionPipeline, build_parser, main
+from pipelines.common import PipelineOutput, call_defaults, run_cli
+from pipelines.diffusionclip import FinetuneOutput, finetune
+from pipelines.registry import get_pipeline_spec, load_pipeline
 
 FAST = dict(progress=False, save_every=0, cutn=4)
 
@@ -143,9 +145,9 @@ def test_callback_stops_and_ctrl_c_keeps_the_last_estimate(pipe):
 
 
 def test_finetune_saves_a_model_that_reloads_and_edits_several_photos(pipe, files, photo, tmp_path):
-    tuned = pipe.finetune("a photo of a dog", init_image=[photo, photo], source_text="a photo of a cat",
-                          finetune_steps=2, lr=1e-3, ddim_steps=2, steps=10, edit_strength=0.4, progress=False)
-    assert len(tuned.history) == 2 and not tuned.interrupted
+    tuned = finetune(pipe, "a photo of a dog", init_image=[photo, photo], source_text="a photo of a cat",
+                     finetune_steps=2, lr=1e-3, ddim_steps=2, steps=10, edit_strength=0.4, progress=False)
+    assert isinstance(tuned, FinetuneOutput) and len(tuned.history) == 2 and not tuned.interrupted
     before = torch.cat([p.flatten() for p in pipe.model.unet.parameters()])
     after = torch.cat([p.flatten() for p in tuned.pipeline.model.unet.parameters()])
     assert not torch.equal(before, after) and not any(p.requires_grad for p in tuned.pipeline.model.unet.parameters())
@@ -156,6 +158,27 @@ def test_finetune_saves_a_model_that_reloads_and_edits_several_photos(pipe, file
     assert reloaded.inversion_model.unet is not reloaded.model.unet  # inversion runs on the original
     out = reloaded(init_image=[photo, photo], steps=10, **FAST)  # the tuned edit: no prompt, no CLIP needed
     assert len(out.images) == 2 and out.recipe["skip_steps"] == 6 and out.recipe["source_text"] == "a photo of a cat"
+
+
+def test_registry_spec_loads_the_pipeline_and_offers_the_models(files):
+    spec = get_pipeline_spec("clip_guided_diffusion")
+    assert spec.module == "pipelines.clip_guided_diffusion" and spec.model_flag == "--model"
+    choices = list(spec.model_choices())
+    assert choices[0] == spec.offline_model == "shapes-tiny" and "google/ddpm-celebahq-256" in choices
+    assert len(choices) == len(set(choices))
+    loaded = load_pipeline("clip_guided_diffusion", files["pixel"], [files["clip"]], torch.device("cpu"))
+    assert isinstance(loaded, CLIPGuidedDiffusionPipeline) and loaded.size_factor == 2
+    assert {"init_image", "mask", "source_text", "cfg_scale"} <= spec.call_options(loaded)
+    out = loaded("a red circle", size=32, steps=2, seed=0, **FAST)
+    assert isinstance(out, PipelineOutput) and out.recipe["pipeline"] == spec.name
+
+
+def test_cli_defaults_are_the_calls_defaults():
+    args, defaults = vars(build_parser().parse_args([])), call_defaults(CLIPGuidedDiffusionPipeline.__call__)
+    shared = set(args) & set(defaults)
+    assert {"steps", "tv_scale", "cutn", "cut_pow", "augment", "inversion_refine", "save_every"} <= shared
+    assert {name: args[name] for name in shared} == {name: defaults[name] for name in shared}
+    assert (args["finetune_lr"], args["finetune_ddim_steps"]) == (call_defaults(finetune)["lr"], 6)
 
 
 def test_latent_model_generates_and_edits_with_the_vae_in_the_loss(files, photo):
