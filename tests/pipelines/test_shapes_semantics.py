@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from pipelines.clip_guided_diffusion import CLIPGuidedDiffusionPipeline
-from pipelines.colour_stats import colour_shares, dominant_colour
-from pipelines.shapes_world import render_canonical
+from training.colour_stats import colour_shares, dominant_colour
+from training.shapes_world import render_canonical
 from pipelines.vqgan_clip import VQGANCLIPPipeline
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from guidance.errors import InvalidInputError
-from pipelines import shapes_world as world
+from training import shapes_world as world
 
 
 def test_vocabulary_covers_the_issue_words():

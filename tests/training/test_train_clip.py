@@ -8,8 +8,9 @@ import torch
 
 from guidance import BUILTIN_CLIP_MODELS, load_clip
 from guidance.errors import InvalidInputError
-from pipelines import shapes_world as world
-from pipelines import train_clip as tc
+from training import core
+from training import shapes_world as world
+from training import train_clip as tc
 
 MICRO = {
     "embed_dim": 32,
@@ -61,25 +62,54 @@ def test_training_on_a_csv_reduces_the_loss(shapes_csv, monkeypatch, tmp_path):
     assert 0.0 <= result.metrics["csv_acc"] <= 1.0
 
 
-def test_resume_reproduces_an_uninterrupted_run(tmp_path):
+def interrupted(monkeypatch, config: tc.TrainConfig, steps: int) -> None:
+    """Run `config` until `steps` steps are done, then stop it as a crash would (its checkpoints stay)."""
+    step_once, taken = tc.train_step, []
+
+    def crash_after(*args):
+        if len(taken) == steps:
+            raise KeyboardInterrupt
+        taken.append(1)
+        return step_once(*args)
+
+    monkeypatch.setattr(tc, "train_step", crash_after)
+    with pytest.raises(KeyboardInterrupt):
+        tc.train(config)
+    monkeypatch.setattr(tc, "train_step", step_once)
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, monkeypatch):
     full = tc.train(micro_config(shapes=True, checkpoint_dir=str(tmp_path / "a"), checkpoint_every=2))
+    interrupted(monkeypatch, micro_config(shapes=True, checkpoint_dir=str(tmp_path / "c"), checkpoint_every=2), 3)
+    assert [path.name for path in (tmp_path / "c").iterdir()] == ["step-00000002"]
     resumed = tc.train(micro_config(shapes=True, checkpoint_dir=str(tmp_path / "b"),
-                                    resume=str(tmp_path / "a" / "step_0000002")))
+                                    resume=str(tmp_path / "c" / "step-00000002")))
     assert resumed.losses == full.losses[2:]
     for key, value in full.clip.model.state_dict().items():
         assert torch.equal(value, resumed.clip.model.state_dict()[key]), key
-    state_a = torch.load(tmp_path / "a" / "final" / "state.pt", weights_only=True)
-    state_b = torch.load(tmp_path / "b" / "final" / "state.pt", weights_only=True)
+    state_a = torch.load(tmp_path / "a" / "step-00000004" / "state.pt", weights_only=True)
+    state_b = torch.load(tmp_path / "b" / "step-00000004" / "state.pt", weights_only=True)
     assert state_a["step"] == state_b["step"] == 4
     for index, moments in state_a["optimizer"]["state"].items():
         assert torch.equal(moments["exp_avg_sq"], state_b["optimizer"]["state"][index]["exp_avg_sq"])
-    assert tc.find_checkpoint(tmp_path / "a").name == "step_0000004"
+    assert state_a["schedule"] == state_b["schedule"]
+    assert core.find_checkpoint(tmp_path / "a").name == "step-00000004"
+    assert [path.name for path in (tmp_path / "a").iterdir()] == ["step-00000004"], "older checkpoints are dropped"
+    resumed_from_dir = tc.train(micro_config(shapes=True, resume=str(tmp_path / "c")))
+    assert resumed_from_dir.losses == full.losses[2:], "--resume DIR continues from its latest checkpoint"
 
 
-def test_augmented_training_resumes_exactly(tmp_path):
+def test_resume_from_a_folder_without_checkpoints_is_one_line(tmp_path):
+    with pytest.raises(InvalidInputError, match="no checkpoint in") as info:
+        tc.train(micro_config(shapes=True, resume=str(tmp_path)))
+    assert "\n" not in str(info.value)
+
+
+def test_augmented_training_resumes_exactly(tmp_path, monkeypatch):
     config = dict(shapes=True, augment="geometric")
-    full = tc.train(micro_config(**config, checkpoint_dir=str(tmp_path / "a"), checkpoint_every=2))
-    resumed = tc.train(micro_config(**config, resume=str(tmp_path / "a" / "step_0000002")))
+    full = tc.train(micro_config(**config))
+    interrupted(monkeypatch, micro_config(**config, checkpoint_dir=str(tmp_path / "a"), checkpoint_every=2), 2)
+    resumed = tc.train(micro_config(**config, resume=str(tmp_path / "a" / "step-00000002")))
     plain = tc.train(micro_config(shapes=True))
     assert resumed.losses == full.losses[2:]
     assert full.losses != plain.losses, "augmentation changes what the model sees"
@@ -88,16 +118,19 @@ def test_augmented_training_resumes_exactly(tmp_path):
 def test_a_step_with_a_non_finite_gradient_is_skipped():
     clip = tc.build_model(micro_config(shapes=True))
     clip.model.train().requires_grad_(True)
-    optimizer = tc.build_optimizer(clip, micro_config())
+    optimisation = tc.build_optimisation(clip, micro_config(warmup_steps=0, lr=1e-3, grad_clip=1.0))
+    optimizer = optimisation.optimizer
     before = {k: v.clone() for k, v in clip.model.state_dict().items()}
+    position = optimisation.schedule.last_epoch
     images = torch.rand(4, 3, 32, 32)
     images[0, 0, 0, 0] = float("nan")
-    loss = tc.train_step(clip, optimizer, images, ["a red circle", "a blue square", "a star", "a green shape"], 1e-3, 1.0)
+    loss = tc.train_step(clip, optimisation, images, ["a red circle", "a blue square", "a star", "a green shape"])
     assert math.isnan(loss)
     assert all(torch.equal(before[k], v) for k, v in clip.model.state_dict().items())
     assert not optimizer.state, "the optimiser's moments stay untouched"
-    loss = tc.train_step(clip, optimizer, images.nan_to_num(0.5), ["a red circle", "a blue square", "a star",
-                                                                   "a green shape"], 1e-3, 1.0)
+    assert optimisation.schedule.last_epoch == position + 1, "the schedule still advances past the skipped step"
+    loss = tc.train_step(clip, optimisation, images.nan_to_num(0.5), ["a red circle", "a blue square", "a star",
+                                                                      "a green shape"])
     assert math.isfinite(loss) and any(not torch.equal(before[k], v) for k, v in clip.model.state_dict().items())
 
 
@@ -143,7 +176,9 @@ def test_cli_help_and_one_line_errors(capsys):
     with pytest.raises(SystemExit) as info:
         tc.main(["--help"])
     assert info.value.code == 0 and "--resume" in capsys.readouterr().out
-    assert tc.main(["--steps", "1"]) == 2
+    with pytest.raises(SystemExit) as info:  # the trainers' shared error exit: status 2, one line
+        tc.main(["--steps", "1"])
+    assert info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "--shapes" in err and "\n" not in err
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import pipelines.train_vqgan as tv
+import training.train_vqgan as tv
 from generators.vqgan import BUILTIN_VQGANS, known_vqgan_names, load_vqgan, tiny_vqgan_config
 from guidance.errors import InvalidInputError
 
@@ -31,6 +31,7 @@ def reconstruction_error(model, images: torch.Tensor) -> float:
         return float(F.mse_loss(model.decode(model.encode(images)), images))
 
 
+@pytest.mark.slow  # several seconds: 80 training steps
 def test_training_reduces_reconstruction_error() -> None:
     config = micro(steps=80)
     images = tv.batch_at(tv.world.ShapesDataset(64, 5, "train", 16), 0, 16)
@@ -91,10 +92,10 @@ def test_resume_matches_an_uninterrupted_run(tmp_path: Path, monkeypatch: pytest
 
     step_once = tv.train_step
 
-    def crash_at_step_5(model, optimizer, images, step, *args):
+    def crash_at_step_5(model, optimisation, images, step, *args):
         if step == 5:
             raise KeyboardInterrupt
-        return step_once(model, optimizer, images, step, *args)
+        return step_once(model, optimisation, images, step, *args)
 
     config = micro(out=str(tmp_path / "resumed"), checkpoint_every=4)
     monkeypatch.setattr(tv, "train_step", crash_at_step_5)

@@ -8,7 +8,7 @@ import colorsys
 import numpy as np
 from PIL import Image
 
-from pipelines.shapes_world import COLOURS
+from training.shapes_world import COLOURS
 
 CHROMATIC = [name for name, rgb in COLOURS.items() if max(rgb) - min(rgb) > 60]
 HUES = np.array([colorsys.rgb_to_hsv(*(c / 255 for c in COLOURS[name]))[0] for name in CHROMATIC])

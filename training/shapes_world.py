@@ -465,7 +465,7 @@ def write_dataset(out: Path, count: int, seed: int = 0, split: str = "train", im
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: write a seeded set of shape images and a captions.csv."""
-    parser = argparse.ArgumentParser(prog="python -m pipelines.shapes_world", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m training.shapes_world", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="output folder (images/ and captions.csv)")
     parser.add_argument("--count", type=int, default=1000, help="number of images")
     parser.add_argument("--seed", type=int, default=0, help="random seed")

@@ -5,15 +5,14 @@ Loss: L1 + MSE reconstruction, plus the VQ-VAE codebook loss and beta * commitme
 on (seed, step) and every random state is checkpointed, so a resumed run equals an uninterrupted one. The result
 is exported with `save_vqgan`, so `load_vqgan(path)` (and `--vqgan path`) load it.
 
-CLI: python -m pipelines.train_vqgan --out outputs/shapes-tiny-vqgan --steps 3600 --seed 0 --threads 1
+CLI: python -m training.train_vqgan --out outputs/shapes-tiny-vqgan --steps 3600 --seed 0 --threads 1
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
@@ -25,13 +24,12 @@ from generators.vqgan import VQGAN, nearest_codes, parse_config, save_vqgan, tin
 from generators.vqgan.loading import CONFIG_METADATA_KEY
 from guidance.checkpoints import load_state_dict
 from guidance.errors import InvalidInputError
-from pipelines import shapes_world as world
-from pipelines import training
-from pipelines.training import (CHECKPOINTS, WEIGHTS_FILE, add_run_arguments, batch_at, check_run, due,
-                                learning_rate, optimizer_step, progress_bar, read_state, resume_step, torch_threads,
-                                train_or_exit)
+from training import core
+from training import shapes_world as world
+from training.core import (CHECKPOINTS, EVAL_SEED, WEIGHTS_FILE, Flag, Optimisation, RunConfig, batch_at,
+                           check_run, evaluating, on_threads, parse_run_config, restore, resume_step, run_steps,
+                           train_and_summarise, write_metrics)
 
-EVAL_SEED = 20240601
 EXPORT_NAME = "vqgan.safetensors"
 
 
@@ -48,28 +46,37 @@ def shapes_tiny_config() -> dict[str, Any]:
 
 
 @dataclass
-class TrainConfig:
-    """Everything a training run depends on; the CLI flags map one-to-one onto these fields."""
+class TrainConfig(RunConfig):
+    """Everything a training run depends on (core's run settings, with this trainer's defaults, and its own); the
+    CLI flags map one-to-one onto these fields."""
 
-    out: str | None = None
-    model_config: str | dict | None = None
     steps: int = 3600
     batch_size: int = 4
-    lr: float = 1e-3
-    warmup_steps: int = 100
+    eval_count: int = 256
+    model_config: str | dict | None = None
     l1_weight: float = 1.0
     mse_weight: float = 1.0
     beta: float = 0.25
     restart_every: int = 50
-    grad_clip: float = 1.0
-    seed: int = 0
-    image_size: int = 64
-    eval_every: int = 600
-    eval_count: int = 256
-    checkpoint_every: int = 600
-    resume: bool = False
-    threads: int | None = None
-    progress: bool = True
+
+
+# The command-line flags of the fields particular to this trainer (the shared ones are core's); each
+# defaults to its field.
+FLAGS: tuple[Flag, ...] = (
+    ("--model-config", {"help": "taming model.yaml (or JSON) of the architecture; default: the shapes-tiny f4 config"}),
+    ("--l1-weight", {"type": float, "help": "weight of the L1 loss"}),
+    ("--mse-weight", {"type": float, "help": "weight of the MSE loss"}),
+    ("--beta", {"type": float, "help": "weight of the commitment loss"}),
+    ("--restart-every", {"type": int, "help": "restart codes unused for this many steps (0: never)"}),
+    ("--eval-every", {"type": int, "help": "report held-out PSNR every this many steps (0: only at the end)"}),
+    ("--eval-count", {"type": int, "help": "held-out images to evaluate"}),
+)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
+    """Read the command line into a `TrainConfig`."""
+    return parse_run_config(TrainConfig, "python -m training.train_vqgan", __doc__,
+                            "run folder: checkpoints/, vqgan.safetensors, metrics.json", FLAGS, argv)
 
 
 class Quantized(NamedTuple):
@@ -127,7 +134,13 @@ def restart_dead_codes(codebook: torch.Tensor, counts: torch.Tensor, z: torch.Te
     return dead.numel()
 
 
-def train_step(model: VQGAN, optimizer: torch.optim.Optimizer, images: torch.Tensor, step: int,
+def build_optimisation(model: VQGAN, config: TrainConfig) -> Optimisation:
+    """Adam (betas 0.9, 0.99) on the shared warm-up + cosine schedule, decaying to a tenth of the peak."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.99))
+    return Optimisation(optimizer, config.warmup_steps, config.steps, config.grad_clip, final_lr_share=0.1)
+
+
+def train_step(model: VQGAN, optimisation: Optimisation, images: torch.Tensor, step: int,
                counts: torch.Tensor, generator: torch.Generator, config: TrainConfig) -> dict[str, float]:
     """One optimiser step (restarting dead codes every `restart_every` steps first); returns the loss terms."""
     if config.restart_every and step % config.restart_every == 0:
@@ -136,8 +149,7 @@ def train_step(model: VQGAN, optimizer: torch.optim.Optimizer, images: torch.Ten
     recon, quantized = reconstruct(model, images)
     counts += torch.bincount(quantized.indices.flatten(), minlength=counts.numel())
     terms = loss_terms(images, recon, quantized, config)
-    optimizer_step(optimizer, terms["loss"], learning_rate(step, config.lr, config.warmup_steps, config.steps),
-                   config.grad_clip)
+    optimisation.step(terms["loss"])
     return {name: float(value.detach()) for name, value in terms.items()}
 
 
@@ -159,14 +171,12 @@ def psnr(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def evaluate(model: VQGAN, images: torch.Tensor, batch_size: int = 64) -> dict[str, float]:
     """Mean PSNR of `model.decode(model.encode(images))`, codes used and codebook perplexity over `images`."""
-    training = model.training
-    model.eval()
     scores, counts = [], torch.zeros(model.n_embed)
-    for chunk in images.split(batch_size):
-        z = model.encode(chunk)
-        scores.append(psnr(model.decode(z), chunk))
-        counts += torch.bincount(nearest_codes(z, model.codebook).flatten(), minlength=model.n_embed)
-    model.train(training)
+    with evaluating(model):
+        for chunk in images.split(batch_size):
+            z = model.encode(chunk)
+            scores.append(psnr(model.decode(z), chunk))
+            counts += torch.bincount(nearest_codes(z, model.codebook).flatten(), minlength=model.n_embed)
     probabilities = counts / counts.sum()
     entropy = -(probabilities * probabilities.clamp_min(1e-12).log()).sum()
     return {"psnr": float(torch.cat(scores).mean()), "codes_used": int((counts > 0).sum()),
@@ -176,23 +186,21 @@ def evaluate(model: VQGAN, images: torch.Tensor, batch_size: int = 64) -> dict[s
 # --- checkpoints --------------------------------------------------------------------------------------
 
 
-def save_checkpoint(directory: Path, model: VQGAN, optimizer: torch.optim.Optimizer, step: int,
+def save_checkpoint(directory: Path, model: VQGAN, optimisation: Optimisation, step: int,
                     counts: torch.Tensor, generator: torch.Generator) -> Path:
-    """Write `directory/step-N`: the model as an exported VQGAN, optimiser, code counts and random states."""
-    return training.save_checkpoint(directory, step, lambda path: save_vqgan(model, path),
-                                    {"optimizer": optimizer.state_dict(), "code_counts": counts,
-                                     "generator": generator.get_state()})
+    """Write `directory/step-N`: the model as an exported VQGAN, the optimisation, code counts and random states."""
+    return core.save_checkpoint(directory, step, lambda path: save_vqgan(model, path), optimisation,
+                                {"code_counts": counts, "generator": generator.get_state()})
 
 
-def load_checkpoint(path: Path, model: VQGAN, optimizer: torch.optim.Optimizer, counts: torch.Tensor,
+def load_checkpoint(path: Path, model: VQGAN, optimisation: Optimisation, counts: torch.Tensor,
                     generator: torch.Generator) -> int:
-    """Restore model, optimiser, code counts and random states from a checkpoint; return its step."""
+    """Restore model, optimisation, code counts and random states from a checkpoint; return its step."""
     weights, metadata = load_state_dict(path / WEIGHTS_FILE)
     if json.loads(metadata.get(CONFIG_METADATA_KEY, "null")) != json.loads(json.dumps(model.config.to_taming())):
         raise InvalidInputError(f"checkpoint {path} holds another architecture; resume with its model config")
     model.load_state_dict(weights)
-    state = read_state(path)
-    optimizer.load_state_dict(state["optimizer"])
+    state = restore(path, optimisation)
     counts.copy_(state["code_counts"])
     generator.set_state(state["generator"])
     return int(state["step"])
@@ -209,34 +217,37 @@ def _report(step: int, metrics: dict[str, float]) -> None:
 
 def _finish(config: TrainConfig, model: VQGAN, metrics: dict[str, float], seconds: float) -> None:
     """Export the trained model and write `metrics.json` next to it."""
-    out = Path(config.out)
-    save_vqgan(model, out / EXPORT_NAME)
-    summary = {**metrics, "seconds": round(seconds, 1), "bytes": (out / EXPORT_NAME).stat().st_size,
-               "eval_images": config.eval_count, "config": asdict(config)}
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    export = Path(config.out) / EXPORT_NAME
+    save_vqgan(model, export)
+    write_metrics(config, export, {**metrics, "eval_images": config.eval_count}, seconds)
 
 
-def _run(config: TrainConfig) -> VQGAN:
-    """The training loop of `train`, on the current thread settings."""
+@on_threads
+def train(config: TrainConfig) -> VQGAN:
+    """Train a VQGAN as `config` says; export it to `config.out/vqgan.safetensors` when `out` is set."""
+    check_run(config.steps, config.batch_size, config.resume, config.out)
     started = time.perf_counter()
     model = build_model(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.99))
+    optimisation = build_optimisation(model, config)
     counts = torch.zeros(model.n_embed, dtype=torch.long)
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
-    start = resume_step(config.out, config.resume,
-                        lambda path: load_checkpoint(path, model, optimizer, counts, generator))
+    checkpoints = Path(config.out) / CHECKPOINTS if config.out else None
+    start = resume_step(checkpoints if config.resume else None,
+                        lambda path: load_checkpoint(path, model, optimisation, counts, generator))
     dataset = world.ShapesDataset(config.steps * config.batch_size, config.seed, "train", config.image_size)
     eval_images = held_out_images(config.eval_count, config.image_size) if config.eval_count else None
-    bar = progress_bar(start, config.steps, "train-vqgan", config.progress)
-    for step in bar:
-        terms = train_step(model, optimizer, batch_at(dataset, step, config.batch_size), step, counts, generator,
-                           config)
-        bar.set_postfix(loss=f"{terms['loss']:.4f}", rec=f"{terms['rec']:.4f}", commit=f"{terms['commit']:.4f}")
-        if eval_images is not None and due(step, config.eval_every):
-            _report(step + 1, evaluate(model, eval_images))
-        if config.out and due(step, config.checkpoint_every):
-            save_checkpoint(Path(config.out) / CHECKPOINTS, model, optimizer, step + 1, counts, generator)
+
+    def step(index: int) -> dict[str, str]:
+        """One training step; what the progress bar shows."""
+        terms = train_step(model, optimisation, batch_at(dataset, index, config.batch_size), index, counts,
+                           generator, config)
+        return {key: f"{terms[key]:.4f}" for key in ("loss", "rec", "commit")}
+
+    run_steps(step, start, config, "train-vqgan",
+              evaluate=(lambda done: _report(done, evaluate(model, eval_images))) if eval_images is not None else None,
+              checkpoint=(lambda done: save_checkpoint(checkpoints, model, optimisation, done, counts, generator))
+              if checkpoints else None)
     model.eval().requires_grad_(False)
     if config.out:
         _finish(config, model, evaluate(model, eval_images) if eval_images is not None else {},
@@ -244,41 +255,13 @@ def _run(config: TrainConfig) -> VQGAN:
     return model
 
 
-def train(config: TrainConfig) -> VQGAN:
-    """Train a VQGAN as `config` says; export it to `config.out/vqgan.safetensors` when `out` is set."""
-    check_run(config.steps, config.batch_size, config.resume, config.out)
-    with torch_threads(config.threads):
-        return _run(config)
-
-
 # --- CLI ----------------------------------------------------------------------------------------------
-
-
-def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
-    """Read the command line into a `TrainConfig`."""
-    defaults = TrainConfig()
-    parser = argparse.ArgumentParser(prog="python -m pipelines.train_vqgan", description=__doc__.split("\n\n")[0])
-    add_run_arguments(parser, defaults, "run folder: checkpoints/, vqgan.safetensors, metrics.json")
-    parser.add_argument("--model-config", default=None,
-                        help="taming model.yaml (or JSON) of the architecture; default: the shapes-tiny f4 config")
-    parser.add_argument("--l1-weight", type=float, default=defaults.l1_weight, help="weight of the L1 loss")
-    parser.add_argument("--mse-weight", type=float, default=defaults.mse_weight, help="weight of the MSE loss")
-    parser.add_argument("--beta", type=float, default=defaults.beta, help="weight of the commitment loss")
-    parser.add_argument("--restart-every", type=int, default=defaults.restart_every,
-                        help="restart codes unused for this many steps (0: never)")
-    parser.add_argument("--eval-every", type=int, default=defaults.eval_every,
-                        help="report held-out PSNR every this many steps (0: only at the end)")
-    parser.add_argument("--eval-count", type=int, default=defaults.eval_count, help="held-out images to evaluate")
-    return TrainConfig(**vars(parser.parse_args(argv)))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI entry point: train, export, and print the final held-out evaluation."""
     config = parse_args(argv)
-    train_or_exit(train, config)
-    summary = json.loads((Path(config.out) / "metrics.json").read_text(encoding="utf-8"))
-    print(f"wrote {Path(config.out) / EXPORT_NAME} ({summary['bytes']} bytes) in {summary['seconds']:.0f} s")
-    if "psnr" in summary:
+    if "psnr" in (summary := train_and_summarise(train, config, EXPORT_NAME)):
         _report(config.steps, summary)
 
 

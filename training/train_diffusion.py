@@ -2,22 +2,21 @@
 
 Each step noises a batch of shapes-world images (scaled to [-1, 1]) to uniformly drawn timesteps of a 1000-step
 cosine schedule and regresses the noise with min-SNR-gamma weighted MSE (AdamW, warm-up then cosine decay,
-gradient clipping). An exponential moving average of the weights, its decay warmed up as (1 + step) / (10 + step),
-is what is evaluated and exported. Batches, noise and timesteps depend only on (seed, step), and the optimiser
-and EMA are checkpointed, so a resumed run equals an uninterrupted one. Evaluations sample with DDIM, save a grid
+gradient clipping; training/core.py's shared schedule, decaying to a tenth of the peak). An exponential moving
+average of the weights (diffusers' EMAModel), its decay warmed up as (1 + step) / (10 + step), is what is evaluated
+and exported. Batches, noise and timesteps depend only on (seed, step), and the optimiser, schedule and EMA are
+checkpointed, so a resumed run equals an uninterrupted one. Evaluations sample with DDIM, save a grid
 PNG and count the samples that show one clear single-coloured shape (pixel statistics, no CLIP). The result,
 `out/model`, is a diffusers folder for `load_diffusion`; shipped as generators/weights/shapes-tiny-ddpm
 (the built-in model 'shapes-tiny').
 
-CLI (the shipped model; about 55 minutes on one CPU core, see docs/shapes_models.md):
-    python -m pipelines.train_diffusion --out outputs/shapes-tiny-ddpm --steps 6000 --batch-size 32 --seed 0 --threads 1 \
+CLI (the shipped model's recipe; about 55 minutes on one CPU core, see docs/shapes_models.md):
+    python -m training.train_diffusion --out outputs/shapes-tiny-ddpm --steps 6000 --batch-size 32 --seed 0 --threads 1 \
         --eval-every 1500 --eval-count 16
 """
 
 from __future__ import annotations
 
-import argparse
-import copy
 import json
 import math
 import time
@@ -36,14 +35,13 @@ from generators.diffusion import PixelDiffusion, make_scheduler, save_diffusion,
 from generators.diffusion.models import downsampling_factor
 from guidance.checkpoints import load_state_dict, save_state_dict
 from guidance.errors import InvalidInputError
-from pipelines import shapes_world as world
-from pipelines import training
-from pipelines.colour_stats import single_shape_colour
-from pipelines.training import (CHECKPOINTS, WEIGHTS_FILE, add_run_arguments, batch_at, check_run, due,
-                                learning_rate, optimizer_step, progress_bar, read_state, resume_step, torch_threads,
-                                train_or_exit)
+from training import core
+from training import shapes_world as world
+from training.colour_stats import single_shape_colour
+from training.core import (CHECKPOINTS, EMA, EVAL_SEED, WEIGHTS_FILE, Flag, Optimisation, RunConfig, batch_at,
+                           check_run, on_threads, parse_run_config, restore, resume_step, run_steps,
+                           train_and_summarise, write_metrics)
 
-EVAL_SEED = 20240601
 EVAL_LOSS_IMAGES = 64
 EXPORT_DIR = "model"
 MODEL_NAME = "shapes-tiny"
@@ -64,28 +62,38 @@ def shapes_tiny_config(sample_size: int = 32) -> dict[str, Any]:
 
 
 @dataclass
-class TrainConfig:
-    """Everything a training run depends on; the CLI flags map one-to-one onto these fields."""
+class TrainConfig(RunConfig):
+    """Everything a training run depends on (core's run settings, with this trainer's defaults, and its own); the
+    CLI flags map one-to-one onto these fields."""
 
-    out: str | None = None
+    steps: int = 6000
+    lr: float = 5e-4
+    image_size: int = 32
     model_config: str | dict | None = None
     split: str = "train"
-    steps: int = 6000
-    batch_size: int = 32
-    lr: float = 5e-4
-    warmup_steps: int = 100
     ema_decay: float = 0.999
     snr_gamma: float = 5.0
-    grad_clip: float = 1.0
-    seed: int = 0
-    image_size: int = 32
-    eval_every: int = 600
-    eval_count: int = 16
     sample_steps: int = 50
-    checkpoint_every: int = 600
-    resume: bool = False
-    threads: int | None = None
-    progress: bool = True
+
+
+# The command-line flags of the fields particular to this trainer (the shared ones are core's); each
+# defaults to its field.
+FLAGS: tuple[Flag, ...] = (
+    ("--model-config", {"help": "UNet2DModel config (JSON, e.g. a unet/config.json); default: the shapes-tiny config"}),
+    ("--split", {"choices": world.SPLITS,
+                 "help": "shapes-world pairs to train on ('all' includes the held-out pairs)"}),
+    ("--ema-decay", {"type": float, "help": "decay of the weights' EMA"}),
+    ("--snr-gamma", {"type": float, "help": "min-SNR loss weighting gamma (0: plain noise MSE)"}),
+    ("--eval-every", {"type": int, "help": "sample and evaluate every this many steps (0: only at the end)"}),
+    ("--eval-count", {"type": int, "help": "samples per evaluation"}),
+    ("--sample-steps", {"type": int, "help": "DDIM steps per sample"}),
+)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
+    """Read the command line into a `TrainConfig`."""
+    return parse_run_config(TrainConfig, "python -m training.train_diffusion", __doc__, "run folder: checkpoints/, "
+                            "model/ (the diffusers folder), sample grids, metrics.json", FLAGS, argv)
 
 
 # --- model, noise and loss ----------------------------------------------------------------------------
@@ -147,25 +155,19 @@ def diffusion_loss(unet: UNet2DModel, x0: torch.Tensor, noise: torch.Tensor, t: 
     return per_image.mean()
 
 
-def ema_decay(step: int, decay: float) -> float:
-    """The EMA decay after step index `step`: `decay`, warmed up as (1 + step) / (10 + step)."""
-    return min(decay, (1 + step) / (10 + step))
+def build_optimisation(unet: UNet2DModel, config: TrainConfig) -> Optimisation:
+    """AdamW on the shared warm-up + cosine schedule, decaying to a tenth of the peak."""
+    return Optimisation(torch.optim.AdamW(unet.parameters(), lr=config.lr), config.warmup_steps, config.steps,
+                        config.grad_clip, final_lr_share=0.1)
 
 
-@torch.no_grad()
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """Move every EMA weight towards the model's: ema = decay * ema + (1 - decay) * model."""
-    for average, weight in zip(ema.parameters(), model.parameters()):
-        average.lerp_(weight, 1 - decay)
-
-
-def train_step(unet: UNet2DModel, ema: UNet2DModel, optimizer: torch.optim.Optimizer, images: torch.Tensor, step: int,
+def train_step(unet: UNet2DModel, ema: EMA, optimisation: Optimisation, images: torch.Tensor, step: int,
                alphas_cumprod: torch.Tensor, config: TrainConfig) -> float:
     """One optimiser step on images in [0, 1], then the EMA update; returns the step's loss."""
     noise, t = step_noise(images.shape, config.seed, step, len(alphas_cumprod))
     loss = diffusion_loss(unet, images * 2 - 1, noise, t, alphas_cumprod, config.snr_gamma)
-    optimizer_step(optimizer, loss, learning_rate(step, config.lr, config.warmup_steps, config.steps), config.grad_clip)
-    update_ema(ema, unet, ema_decay(step, config.ema_decay))
+    optimisation.step(loss)
+    ema.step(unet.parameters())
     return float(loss.detach())
 
 
@@ -228,25 +230,26 @@ def _config_json(unet: UNet2DModel) -> str:
     return json.dumps(dict(unet.config), sort_keys=True)
 
 
-def save_checkpoint(directory: Path, unet: UNet2DModel, ema: UNet2DModel, optimizer: torch.optim.Optimizer,
-                    step: int) -> Path:
-    """Write `directory/step-N`: the weights and their EMA (safetensors, with the architecture), and the optimiser."""
+def save_checkpoint(directory: Path, unet: UNet2DModel, ema: EMA, optimisation: Optimisation, step: int) -> Path:
+    """Write `directory/step-N`: the weights and their EMA (safetensors, with the architecture), the optimisation
+    and the EMA's step count."""
     weights = {**{f"model.{k}": v for k, v in unet.state_dict().items()},
-               **{f"ema.{k}": v for k, v in ema.state_dict().items()}}
-    return training.save_checkpoint(
+               **{f"ema.{k}": v for k, v in ema.copy_to_module().state_dict().items()}}
+    return core.save_checkpoint(
         directory, step, lambda path: save_state_dict(weights, path, {CONFIG_METADATA_KEY: _config_json(unet)}),
-        {"optimizer": optimizer.state_dict()})
+        optimisation, {"ema": ema.hyper_state()})
 
 
-def load_checkpoint(path: Path, unet: UNet2DModel, ema: UNet2DModel, optimizer: torch.optim.Optimizer) -> int:
-    """Restore the weights, their EMA, the optimiser and torch's random state from a checkpoint; return its step."""
+def load_checkpoint(path: Path, unet: UNet2DModel, ema: EMA, optimisation: Optimisation) -> int:
+    """Restore the weights, their EMA, the optimisation and torch's random state from a checkpoint; return its
+    step."""
     weights, metadata = load_state_dict(path / WEIGHTS_FILE)
     if metadata.get(CONFIG_METADATA_KEY) != _config_json(unet):
         raise InvalidInputError(f"checkpoint {path} holds another architecture; resume with its model config")
-    for prefix, module in (("model.", unet), ("ema.", ema)):
+    for prefix, module in (("model.", unet), ("ema.", ema.module)):
         module.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
-    state = read_state(path)
-    optimizer.load_state_dict(state["optimizer"])
+    state = restore(path, optimisation)
+    ema.load_state_dict({**state["ema"], "shadow_params": [p.detach().clone() for p in ema.module.parameters()]})
     return int(state["step"])
 
 
@@ -278,85 +281,62 @@ def _finish(config: TrainConfig, model: PixelDiffusion, metrics: dict[str, Any],
             losses: list[float], seconds: float) -> None:
     """Export the EMA model as a diffusers folder and write `metrics.json` next to it (with the share of clear
     single-colour shapes among the training images `data`, in [-1, 1], to compare the samples' with)."""
-    out = Path(config.out)
-    folder = save_diffusion(model, out / EXPORT_DIR)
+    folder = save_diffusion(model, Path(config.out) / EXPORT_DIR)
     summary = {"steps": config.steps, "train_loss": float(np.mean(losses[-100:])) if losses else None, **metrics,
                "data_clear_shapes": shape_statistics((data + 1) / 2)["clear_shapes"],
-               "seconds": round(seconds, 1), "parameters": sum(p.numel() for p in model.unet.parameters()),
-               "bytes": sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()),
-               "config": asdict(config)}
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+               "parameters": sum(p.numel() for p in model.unet.parameters())}
+    write_metrics(config, folder, summary, seconds)
 
 
-def _run(config: TrainConfig) -> PixelDiffusion:
-    """The training loop of `train`, on the current thread settings."""
+@on_threads
+def train(config: TrainConfig) -> PixelDiffusion:
+    """Train a DDPM as `config` says; returns the EMA model, exported to `config.out/model` when `out` is set."""
+    _check(config)
     started = time.perf_counter()
     unet = build_model(config)
-    ema = copy.deepcopy(unet).requires_grad_(False)
+    ema = EMA(unet, config.ema_decay)
     info = {"training": {key: value for key, value in asdict(config).items()
                          if key not in ("out", "resume", "threads", "progress")}}
-    model = PixelDiffusion(ema, SCHEDULER_CONFIG, MODEL_NAME, info)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr)
+    model = PixelDiffusion(ema.module, SCHEDULER_CONFIG, MODEL_NAME, info)
+    optimisation = build_optimisation(unet, config)
     alphas_cumprod = noise_schedule()
     torch.manual_seed(config.seed)  # only dropout (off in shapes_tiny_config) draws from the global generator
-    start = resume_step(config.out, config.resume, lambda path: load_checkpoint(path, unet, ema, optimizer))
+    checkpoints = Path(config.out) / CHECKPOINTS if config.out else None
+    start = resume_step(checkpoints if config.resume else None,
+                        lambda path: load_checkpoint(path, unet, ema, optimisation))
     dataset = world.ShapesDataset(config.steps * config.batch_size, config.seed, config.split, config.image_size)
     fixed = eval_batch(config, len(alphas_cumprod))
     losses: list[float] = []
-    bar = progress_bar(start, config.steps, "train-diffusion", config.progress)
-    for step in bar:
-        losses.append(train_step(unet, ema, optimizer, batch_at(dataset, step, config.batch_size), step,
+
+    def step(index: int) -> dict[str, str]:
+        """One training step; what the progress bar shows."""
+        losses.append(train_step(unet, ema, optimisation, batch_at(dataset, index, config.batch_size), index,
                                  alphas_cumprod, config))
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-        if due(step, config.eval_every) and step + 1 < config.steps:  # the last step's is the final evaluation
-            grid = Path(config.out) / f"samples-step-{step + 1:08d}.png" if config.out else None
-            _report(step + 1, evaluate(model, fixed, config, grid), config.eval_count)
-        if config.out and due(step, config.checkpoint_every):
-            save_checkpoint(Path(config.out) / CHECKPOINTS, unet, ema, optimizer, step + 1)
+        return {"loss": f"{np.mean(losses[-50:]):.4f}"}
+
+    def report(done: int) -> None:
+        """Evaluate the EMA model, saving its samples' grid in the run folder."""
+        grid = Path(config.out) / f"samples-step-{done:08d}.png" if config.out else None
+        ema.copy_to_module()
+        _report(done, evaluate(model, fixed, config, grid), config.eval_count)
+
+    run_steps(step, start, config, "train-diffusion", evaluate=report,
+              checkpoint=(lambda done: save_checkpoint(checkpoints, unet, ema, optimisation, done))
+              if checkpoints else None)
+    ema.copy_to_module()
     if config.out:
         _finish(config, model, evaluate(model, fixed, config, Path(config.out) / "samples.png"), fixed[0], losses,
                 time.perf_counter() - started)
     return model
 
 
-def train(config: TrainConfig) -> PixelDiffusion:
-    """Train a DDPM as `config` says; returns the EMA model, exported to `config.out/model` when `out` is set."""
-    _check(config)
-    with torch_threads(config.threads):
-        return _run(config)
-
-
 # --- CLI ----------------------------------------------------------------------------------------------
-
-
-def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
-    """Read the command line into a `TrainConfig`."""
-    defaults = TrainConfig()
-    parser = argparse.ArgumentParser(prog="python -m pipelines.train_diffusion",
-                                     description=__doc__.split("\n\n")[0])
-    add_run_arguments(parser, defaults, "run folder: checkpoints/, model/ (the diffusers folder), sample grids, "
-                                        "metrics.json")
-    parser.add_argument("--model-config", default=None,
-                        help="UNet2DModel config (JSON, e.g. a unet/config.json); default: the shapes-tiny config")
-    parser.add_argument("--split", choices=world.SPLITS, default=defaults.split,
-                        help="shapes-world pairs to train on ('all' includes the held-out pairs)")
-    parser.add_argument("--ema-decay", type=float, default=defaults.ema_decay, help="decay of the weights' EMA")
-    parser.add_argument("--snr-gamma", type=float, default=defaults.snr_gamma,
-                        help="min-SNR loss weighting gamma (0: plain noise MSE)")
-    parser.add_argument("--eval-every", type=int, default=defaults.eval_every,
-                        help="sample and evaluate every this many steps (0: only at the end)")
-    parser.add_argument("--eval-count", type=int, default=defaults.eval_count, help="samples per evaluation")
-    parser.add_argument("--sample-steps", type=int, default=defaults.sample_steps, help="DDIM steps per sample")
-    return TrainConfig(**vars(parser.parse_args(argv)))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI entry point: train, export, and print the final evaluation."""
     config = parse_args(argv)
-    train_or_exit(train, config)
-    summary = json.loads((Path(config.out) / "metrics.json").read_text(encoding="utf-8"))
-    print(f"wrote {Path(config.out) / EXPORT_DIR} ({summary['bytes']} bytes) in {summary['seconds']:.0f} s")
-    _report(config.steps, summary, config.eval_count)
+    _report(config.steps, train_and_summarise(train, config, EXPORT_DIR), config.eval_count)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@
 Data is either an image-caption CSV (paths relative to the CSV's folder) or the synthetic shapes world
 rendered on the fly. Models are any open_clip model (architecture + pretrained tag, local file, built-in
 name) or a new one built from a config (a JSON file, or the built-in tiny shapes config).
-Batches depend only on (seed, step), so a resumed run continues exactly where it stopped.
+Batches depend only on (seed, step), so a resumed run continues exactly where it stopped. The schedule,
+checkpoints, resume and error exit are the ones all trainers share (training/core.py).
+
+CLI: python -m training.train_clip --shapes --steps 2400 --checkpoint-dir runs/clip --out runs/clip.safetensors
 """
 
 from __future__ import annotations
@@ -28,12 +31,13 @@ from tqdm import tqdm
 
 from guidance import CLIPEncoder, load_clip, load_image, save_clip, zero_shot_classify
 from guidance.cutouts import AUGMENT_PRESETS, Augment
-from guidance.errors import InvalidInputError, ToolkitError
-from pipelines import shapes_world as world
-from pipelines.training import optimizer_step
+from guidance.errors import InvalidInputError
+from training import core
+from training import shapes_world as world
+from training.core import (EVAL_SEED, WEIGHTS_FILE, Optimisation, OptimisationConfig, add_optimisation_arguments,
+                           check_run, evaluating, on_threads, require_checkpoint, restore, run_steps, train_or_exit)
 
 MAX_LOGIT_SCALE = 100.0
-EVAL_SEED = 20240601
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.", "a picture of a {}.", "a {}.")
 
 # A CLIP-style ResNet (conv nets learn shapes from little data much faster than tiny ViTs) and a narrow text
@@ -46,9 +50,12 @@ TINY_SHAPES_CONFIG: dict = {
 
 
 @dataclass
-class TrainConfig:
-    """Everything a training run depends on; the CLI flags map one-to-one onto these fields."""
+class TrainConfig(OptimisationConfig):
+    """Everything a training run depends on (core's optimisation settings, with this trainer's defaults, and its
+    own); the CLI flags map one-to-one onto these fields."""
 
+    batch_size: int = 128
+    lr: float = 5e-4
     model: str | None = None
     pretrained: str | None = None
     model_config: str | dict | None = None
@@ -56,13 +63,7 @@ class TrainConfig:
     csv: str | None = None
     csv_image_key: str = "filepath"
     csv_caption_key: str = "caption"
-    steps: int = 1000
-    batch_size: int = 128
-    lr: float = 5e-4
     weight_decay: float = 0.1
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
-    seed: int = 0
     image_size: int | None = None
     augment: str = "none"
     augment_share: float = 1.0
@@ -78,9 +79,7 @@ class TrainConfig:
     out: str | None = None
     fp16: bool = False
     num_workers: int = 0
-    threads: int | None = None
     device: str = "cpu"
-    progress: bool = True
 
 
 @dataclass
@@ -172,6 +171,7 @@ class StepBatches(Sampler):
         return max(self.stop - self.start, 0)
 
     def _order(self, epoch: int) -> np.ndarray:
+        """The seeded permutation of one epoch (only the latest epoch's is kept)."""
         if epoch not in self._orders:
             self._orders = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.size)}
         return self._orders[epoch]
@@ -222,13 +222,11 @@ def evaluate_shapes(clip: CLIPEncoder, count: int = 512, seed: int = EVAL_SEED, 
     colours, shapes = list(world.COLOURS), list(world.SHAPES)
     true_colour = torch.tensor([colours.index(s.colour) for s in specs])
     true_shape = torch.tensor([shapes.index(s.shape) for s in specs])
-    was_training = clip.model.training
-    clip.model.eval()
-    pairs = _classify(clip, images, world.pair_labels(), world.PROMPT_TEMPLATES).cpu()
+    with evaluating(clip.model):
+        pairs = _classify(clip, images, world.pair_labels(), world.PROMPT_TEMPLATES).cpu()
+        colour_only = _classify(clip, images, world.colour_labels(), world.PROMPT_TEMPLATES).cpu()
+        shape_only = _classify(clip, images, world.shape_labels(), world.PROMPT_TEMPLATES).cpu()
     pairs = pairs.view(count, len(colours), len(shapes))
-    colour_only = _classify(clip, images, world.colour_labels(), world.PROMPT_TEMPLATES).cpu()
-    shape_only = _classify(clip, images, world.shape_labels(), world.PROMPT_TEMPLATES).cpu()
-    clip.model.train(was_training)
     best_pair = pairs.flatten(1).argmax(1)
     return {
         "colour_acc": (pairs.sum(2).argmax(1) == true_colour).float().mean().item(),
@@ -248,10 +246,8 @@ def evaluate_csv(clip: CLIPEncoder, path: str | Path, label_key: str, templates:
         raise InvalidInputError(f"{path}: column {label_key!r} needs at least two distinct labels for zero-shot accuracy")
     images = torch.stack([dataset[i][0] for i in range(len(dataset))]).to(clip.device)
     truth = torch.tensor([classes.index(c) for c in dataset.captions])
-    was_training = clip.model.training
-    clip.model.eval()
-    probs = _classify(clip, images, classes, templates).cpu()
-    clip.model.train(was_training)
+    with evaluating(clip.model):
+        probs = _classify(clip, images, classes, templates).cpu()
     return {"csv_acc": (probs.argmax(1) == truth).float().mean().item()}
 
 
@@ -292,55 +288,30 @@ def build_model(config: TrainConfig) -> CLIPEncoder:
     return load_clip("shapes-tiny-scratch", device=config.device, architecture=_architecture(config))
 
 
-def build_optimizer(clip: CLIPEncoder, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only (not on gains, biases, embeddings' scale or temperature)."""
+def build_optimisation(clip: CLIPEncoder, config: TrainConfig) -> Optimisation:
+    """AdamW with weight decay on matrices only (not on gains, biases, embeddings' scale or temperature), on the
+    shared warm-up + cosine schedule, decaying to zero."""
     named = [(n, p) for n, p in clip.model.named_parameters() if p.requires_grad]
     decay = [p for n, p in named if p.ndim >= 2]
     rest = [p for n, p in named if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
+    return Optimisation(optimizer, config.warmup_steps, config.steps, config.grad_clip, final_lr_share=0.0)
 
 
-def learning_rate(step: int, config: TrainConfig) -> float:
-    """Linear warmup then cosine decay to zero."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(config.steps - config.warmup_steps, 1)
-    return 0.5 * config.lr * (1 + math.cos(math.pi * min(progress, 1.0)))
+def save_checkpoint(directory: str | Path, clip: CLIPEncoder, optimisation: Optimisation, step: int) -> Path:
+    """Write `directory/step-N` in the shared layout, its `model.safetensors` loadable by load_clip."""
+    return core.save_checkpoint(directory, step, lambda path: save_clip(clip, path), optimisation)
 
 
-def save_checkpoint(folder: str | Path, clip: CLIPEncoder, optimizer: torch.optim.Optimizer, step: int) -> Path:
-    """Write ``model.safetensors`` (loadable by load_clip) and ``state.pt`` (optimizer, step, RNG) to ``folder``."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_clip(clip, folder / "model.safetensors")
-    state = {"optimizer": optimizer.state_dict(), "step": step, "torch_rng": torch.get_rng_state()}
-    torch.save(state, folder / "state.pt.part")
-    (folder / "state.pt.part").replace(folder / "state.pt")
-    return folder
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder itself, or the latest ``step_*`` folder inside a checkpoint directory."""
-    path = Path(path)
-    if (path / "state.pt").is_file():
-        return path
-    steps = sorted(path.glob("step_*/state.pt")) if path.is_dir() else []
-    if not steps:
-        raise InvalidInputError(f"no checkpoint in {path}; give a folder holding state.pt and model.safetensors")
-    return steps[-1].parent
-
-
-def load_checkpoint(path: str | Path, config: TrainConfig) -> tuple[CLIPEncoder, torch.optim.Optimizer, int]:
-    """Restore model, optimizer, step and torch RNG from a checkpoint folder."""
-    folder = find_checkpoint(path)
-    clip = load_clip(str(folder / "model.safetensors"), device=config.device)
+def load_checkpoint(path: str | Path, config: TrainConfig) -> tuple[CLIPEncoder, Optimisation, int]:
+    """Restore model, optimisation, step and torch RNG from a checkpoint (or the latest in a directory)."""
+    folder = require_checkpoint(path)
+    clip = load_clip(str(folder / WEIGHTS_FILE), device=config.device)
     _make_trainable(clip)
-    optimizer = build_optimizer(clip, config)
-    state = torch.load(folder / "state.pt", map_location=config.device, weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["torch_rng"].cpu())
-    return clip, optimizer, int(state["step"])
+    optimisation = build_optimisation(clip, config)
+    state = restore(folder, optimisation)
+    return clip, optimisation, int(state["step"])
 
 
 def save_weights(clip: CLIPEncoder, path: str | Path, fp16: bool = False, name: str | None = None) -> Path:
@@ -356,6 +327,7 @@ def save_weights(clip: CLIPEncoder, path: str | Path, fp16: bool = False, name: 
 
 
 def _make_trainable(clip: CLIPEncoder) -> None:
+    """Put the model in training mode with gradients on."""
     clip.model.train().requires_grad_(True)
 
 
@@ -363,63 +335,61 @@ def _make_trainable(clip: CLIPEncoder) -> None:
 
 
 def _check_config(config: TrainConfig) -> None:
+    """Refuse settings that cannot train, with the fix in the message."""
     if config.shapes == bool(config.csv):
         raise InvalidInputError("choose exactly one training set: --shapes or --csv PATH")
     if config.model is not None and config.model_config is not None:
         raise InvalidInputError("--model fine-tunes an existing model and --model-config builds a new one; give one")
-    for name in ("steps", "batch_size"):
-        if getattr(config, name) < 1:
-            raise InvalidInputError(f"{name} must be at least 1, got {getattr(config, name)}")
+    check_run(config.steps, config.batch_size)
     if config.batch_size < 2:
-        raise InvalidInputError("batch_size must be at least 2 for a contrastive loss")
+        raise InvalidInputError("--batch-size must be at least 2 for a contrastive loss")
     if not 0 <= config.augment_share <= 1:
         raise InvalidInputError(f"--augment-share must be between 0 and 1, got {config.augment_share}")
 
 
-def train_step(clip: CLIPEncoder, optimizer: torch.optim.Optimizer, images: torch.Tensor, captions: Sequence[str],
-               lr: float, grad_clip: float) -> float:
+def train_step(clip: CLIPEncoder, optimisation: Optimisation, images: torch.Tensor, captions: Sequence[str]) -> float:
     """One optimisation step on a batch (skipped when its gradient is not finite); returns the loss before it."""
     loss = contrastive_loss(clip.encode_image(images), clip.encode_text(list(captions)), clip.model.logit_scale)
-    if optimizer_step(optimizer, loss, lr, grad_clip):
+    if optimisation.step(loss):
         with torch.no_grad():
             clip.model.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
     return loss.item()
 
 
+def _start(config: TrainConfig) -> tuple[CLIPEncoder, Optimisation, int]:
+    """The model, its optimisation and the first step: from the checkpoint to resume, or new."""
+    if config.resume:
+        return load_checkpoint(config.resume, config)
+    clip = build_model(config)
+    _make_trainable(clip)
+    return clip, build_optimisation(clip, config), 0
+
+
+@on_threads
 def train(config: TrainConfig) -> TrainResult:
     """Run (or resume) training as configured; evaluate, checkpoint and save the final weights."""
     _check_config(config)
     started = time.perf_counter()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    if config.resume:
-        clip, optimizer, start = load_checkpoint(config.resume, config)
-    else:
-        clip = build_model(config)
-        _make_trainable(clip)
-        optimizer = build_optimizer(clip, config)
-        start = 0
-    image_size = config.image_size or clip.image_size
-    loader = _training_data(config, image_size, start)
+    clip, optimisation, start = _start(config)
+    batches = iter(_training_data(config, config.image_size or clip.image_size, start))
     augment = Augment(config.augment)
     result = TrainResult(clip)
-    bar = tqdm(loader, total=config.steps, initial=start, disable=not config.progress, desc="train", dynamic_ncols=True)
-    for step, (images, captions) in enumerate(bar, start=start):
+
+    def step(index: int) -> dict[str, str]:
+        """One training step on the next batch; what the progress bar shows."""
+        images, captions = next(batches)
         images = images.to(config.device)
         augmented = round(len(images) * config.augment_share)
         if augmented:
             images = torch.cat([augment(images[:augmented]), images[augmented:]])
-        loss = train_step(clip, optimizer, images, captions, learning_rate(step, config), config.grad_clip)
+        loss = train_step(clip, optimisation, images, captions)
         result.losses.append(loss)
-        bar.set_postfix(loss=f"{loss:.3f}", scale=f"{clip.model.logit_scale.exp().item():.1f}")
-        done = step + 1
-        if config.eval_every and done % config.eval_every == 0 and done < config.steps:
-            bar.write(f"step {done}: " + _format(evaluate(clip, config)))
-        if config.checkpoint_dir and config.checkpoint_every and done % config.checkpoint_every == 0:
-            save_checkpoint(Path(config.checkpoint_dir) / f"step_{done:07d}", clip, optimizer, done)
-    bar.close()
-    if config.checkpoint_dir:
-        save_checkpoint(Path(config.checkpoint_dir) / "final", clip, optimizer, config.steps)
+        return {"loss": f"{loss:.3f}", "scale": f"{clip.model.logit_scale.exp().item():.1f}"}
+
+    run_steps(step, start, config, "train",
+              evaluate=lambda done: tqdm.write(f"step {done}: " + _format(evaluate(clip, config))),
+              checkpoint=(lambda done: save_checkpoint(config.checkpoint_dir, clip, optimisation, done))
+              if config.checkpoint_dir else None, final_checkpoint=True)
     clip.model.eval().requires_grad_(False)
     result.metrics = evaluate(clip, config)
     if config.out:
@@ -428,7 +398,9 @@ def train(config: TrainConfig) -> TrainResult:
     return result
 
 
+
 def _format(metrics: dict[str, float]) -> str:
+    """Metrics as `name=value` pairs on one line."""
     return " ".join(f"{k}={v:.3f}" for k, v in metrics.items()) or "no evaluation configured"
 
 
@@ -438,7 +410,7 @@ def _format(metrics: dict[str, float]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface; every flag sets the TrainConfig field of the same name."""
     d = TrainConfig()
-    p = argparse.ArgumentParser(prog="python -m pipelines.train_clip", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m training.train_clip", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     m = p.add_argument_group("model")
     m.add_argument("--model", help="model to fine-tune: open_clip architecture, built-in name or checkpoint file")
@@ -457,15 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="share of each batch that is augmented; the rest stays clean")
     data.add_argument("--num-workers", type=int, default=d.num_workers, help="data loader worker processes")
     o = p.add_argument_group("optimisation")
-    o.add_argument("--steps", type=int, default=d.steps, help="total optimisation steps")
-    o.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step")
-    o.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW)")
+    add_optimisation_arguments(o, d)
     o.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay on weight matrices")
-    o.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warmup steps before cosine decay")
-    o.add_argument("--grad-clip", type=float, default=d.grad_clip, help="gradient norm clip (0: off)")
-    o.add_argument("--seed", type=int, default=d.seed, help="seed for initialisation and data order")
     o.add_argument("--device", default=d.device, help="torch device")
-    o.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     e = p.add_argument_group("evaluation")
     e.add_argument("--eval-every", type=int, default=d.eval_every, help="evaluate every N steps (0: only at the end)")
     e.add_argument("--eval-count", type=int, default=d.eval_count, help="held-out shape images per evaluation")
@@ -476,25 +442,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--template", dest="templates", action="append",
                    help=f"prompt template for --eval-csv labels, repeatable (default: {list(DEFAULT_TEMPLATES)})")
     c = p.add_argument_group("checkpoints and output")
-    c.add_argument("--checkpoint-dir", help="folder for step_N/ and final/ checkpoints")
-    c.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="checkpoint every N steps (0: final only)")
+    c.add_argument("--checkpoint-dir", help="folder of the step-N checkpoints (the latest kept; one after the last step)")
+    c.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help="checkpoint every N steps (0: only after the last step)")
     c.add_argument("--resume", help="checkpoint folder (or checkpoint dir: its latest step) to continue from")
     c.add_argument("--out", help="write the trained model here as safetensors for load_clip")
     c.add_argument("--fp16", action="store_true", help="store --out weights as fp16")
-    c.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: train, print the final metrics, exit 2 with one line on a user error."""
+    """CLI entry point: train, print the final metrics; a user error exits 2 with one line on stderr."""
     args = vars(build_parser().parse_args(argv))
     args["templates"] = tuple(args["templates"] or DEFAULT_TEMPLATES)
-    config = TrainConfig(**args)
-    try:
-        result = train(config)
-    except ToolkitError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    result = train_or_exit(train, TrainConfig(**args))
     print(f"done in {result.seconds:.0f} s; final loss {result.losses[-1] if result.losses else float('nan'):.4f}; "
           + _format(result.metrics))
     return 0
