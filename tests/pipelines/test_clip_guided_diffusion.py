@@ -226,6 +226,7 @@ def cli_args(files: dict[str, str], *extra: str) -> list[str]:
     return ["--model", files["pixel"], "--clip-model", files["clip"], "--cutn", "2", "--device", "cpu", *extra]
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_writes_png_recipe_and_video(files, tmp_path):
     output, video = tmp_path / "out.png", tmp_path / "progress.mp4"
     result = subprocess.run([sys.executable, "-m", "pipelines.clip_guided_diffusion",
