@@ -211,7 +211,8 @@ class LatentOptimizationPipeline:
 def build_parser(pipeline: type[LatentOptimizationPipeline], module: str) -> argparse.ArgumentParser:
     """The command-line options of a latent-optimisation pipeline (the generator's own come from the class)."""
     defaults = call_defaults(pipeline.__call__)
-    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=pipeline.__doc__.split("\n\n")[0],
+    summary = (sys.modules[pipeline.__module__].__doc__ or pipeline.__doc__ or "").split("\n\n")[0]
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=summary,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("prompt", nargs="?", default="",
                         help="text prompt; 'text:weight:stop' items joined by '|' (negative weights push away)")
