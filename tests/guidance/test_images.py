@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import resource
+import struct
+import warnings
+import zlib
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from guidance import InvalidInputError, load_image, read_recipe, save_png, tensor_to_pil
-from guidance.images import RECIPE_KEY
+from guidance.images import RECIPE_KEY, attach_recipe, read_image
 
 RECIPE = {
     "pipeline": "vqgan_clip",
@@ -97,3 +102,143 @@ def test_read_recipe_of_an_unreadable_file_is_invalid_input(tmp_path, content):
         path.write_bytes(content)
     with pytest.raises(InvalidInputError, match="cannot read a recipe"):
         read_recipe(path)
+
+
+# The one image reader: every PIL mode read as the pixels it shows, and one line for anything unreadable.
+
+def test_a_16_bit_png_reads_at_its_real_brightness(tmp_path):
+    ramp = np.tile(np.linspace(0, 65535, 64).round().astype(np.uint16), (8, 1))
+    path = tmp_path / "deep.png"
+    Image.fromarray(ramp).save(path)  # uint16: mode I;16
+    loaded = load_image(path)
+    assert loaded.shape == (1, 3, 8, 64)
+    assert loaded.mean().item() == pytest.approx(ramp.mean() / 65535, abs=2e-3)  # 0.5, not nearly white
+    assert loaded[0, :, 0, 0].tolist() == [0.0, 0.0, 0.0] and loaded[0, :, 0, -1].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_32_bit_integer_greyscale_image_is_read_as_16_bit_data(tmp_path):
+    path = tmp_path / "deep.tif"
+    Image.fromarray(np.full((4, 4), 32896, dtype=np.int32)).save(path)  # int32: mode I
+    assert read_image(path, mode="L").getpixel((0, 0)) == 128
+
+
+def test_a_cmyk_image_reads_as_its_rgb_colour(tmp_path):
+    path = tmp_path / "print.tif"
+    Image.new("CMYK", (4, 4), (0, 255, 255, 0)).save(path)  # no cyan, full magenta and yellow: red
+    assert read_image(path).getpixel((2, 2)) == (255, 0, 0)
+
+
+def test_a_palette_image_with_transparency_is_composited_on_white(tmp_path):
+    image = Image.new("P", (2, 1))
+    image.putpalette([255, 0, 0, 0, 0, 255])
+    image.putpixel((1, 0), 1)
+    path = tmp_path / "palette.png"
+    image.save(path, transparency=1)
+    read = read_image(path)
+    assert read.mode == "RGB" and read.getpixel((0, 0)) == (255, 0, 0) and read.getpixel((1, 0)) == (255, 255, 255)
+
+
+@pytest.mark.parametrize("mode, colour, expected", [
+    ("RGBA", (0, 0, 255, 128), (127, 127, 255)),
+    ("LA", (0, 128), (127, 127, 127)),
+    ("RGBA", (0, 0, 0, 0), (255, 255, 255)),
+])
+def test_transparent_images_are_composited_on_white(tmp_path, mode, colour, expected):
+    path = tmp_path / "alpha.png"
+    Image.new(mode, (3, 3), colour).save(path)
+    assert read_image(path).getpixel((1, 1)) == expected
+
+
+def test_rgba_is_kept_when_asked_for(tmp_path):
+    path = tmp_path / "alpha.png"
+    Image.new("RGBA", (3, 3), (10, 20, 30, 40)).save(path)
+    assert read_image(path, mode="RGBA").getpixel((0, 0)) == (10, 20, 30, 40)
+
+
+def test_a_multi_frame_gif_gives_its_first_frame_or_is_refused_where_one_frame_is_wanted(tmp_path):
+    path = tmp_path / "anim.gif"
+    frames = [Image.new("RGB", (4, 4), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    assert read_image(path).getpixel((0, 0)) == (255, 0, 0)
+    with pytest.raises(InvalidInputError, match="has 2 frames"):
+        read_image(path, single_frame=True)
+
+
+def _png(width: int, height: int, rows: bytes | None) -> bytes:
+    """A greyscale PNG declaring width x height; `rows` is its raw image data (None: a truncated, empty IDAT)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows or b"") + chunk(b"IEND", b"")
+
+
+def _zeros_png(side: int) -> bytes:
+    """A real, valid side x side black PNG, compressed row by row (a few KB for 10000 x 10000)."""
+    compressor = zlib.compressobj(9)
+    row = bytes(side + 1)
+    data = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    return _png(side, side, data)
+
+
+@pytest.mark.parametrize("side, make", [(10000, _zeros_png), (20000, lambda side: _png(side, side, None)),
+                                        (60000, lambda side: _png(side, side, None))])
+def test_decompression_bombs_are_refused_from_the_header_without_using_memory(tmp_path, side, make):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(make(side))
+    assert path.stat().st_size < 200_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PIL's DecompressionBombWarning must not escape either
+        with pytest.raises(InvalidInputError, match="Mpx") as info:
+            load_image(path)
+    assert "\n" not in str(info.value) and "downscale" in str(info.value)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB: under 100 MB more
+
+
+def test_the_pixel_limit_is_settable(tmp_path):
+    path = tmp_path / "small.png"
+    Image.new("RGB", (20, 10)).save(path)
+    with pytest.raises(InvalidInputError, match="20x10"):
+        read_image(path, max_pixels=100)
+    assert read_image(path, max_pixels=200).size == (20, 10)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty file"),
+    (b"plain text, not an image\n", "not an image format"),
+    (None, "is a directory"),
+])
+def test_unreadable_inputs_are_one_line(tmp_path, content, message):
+    path = tmp_path / "input.png"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(InvalidInputError, match=message) as info:
+        load_image(path)
+    assert "\n" not in str(info.value)
+
+
+def test_a_truncated_image_is_one_line(tmp_path):
+    whole = tmp_path / "whole.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(whole)
+    path = tmp_path / "cut.png"
+    path.write_bytes(whole.read_bytes()[:400])
+    with pytest.raises(InvalidInputError, match="truncated or damaged"):
+        load_image(path)
+
+
+def test_api_images_carry_their_recipe_through_a_plain_save(tmp_path):
+    image = attach_recipe(Image.new("RGB", (4, 4)), {"seed": 3, "prompt": "a red circle"})
+    image.save(tmp_path / "plain.png")
+    assert read_recipe(tmp_path / "plain.png") == {"seed": 3, "prompt": "a red circle"}
+    # save_png's own recipe wins over an attached one
+    save_png(image, tmp_path / "cli.png", {"seed": 3, "command": "python -m x"})
+    assert read_recipe(tmp_path / "cli.png") == {"seed": 3, "command": "python -m x"}
+
+
+def test_save_png_is_atomic_and_leaves_no_temporary_files(quantised_image, tmp_path):
+    (tmp_path / "out.png").write_bytes(b"previous")
+    save_png(quantised_image, tmp_path / "out.png", {"seed": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+    assert read_recipe(tmp_path / "out.png") == {"seed": 1}
