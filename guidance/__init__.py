@@ -1,6 +1,7 @@
 """CLIP as a differentiable loss: models, prompts, cutouts, losses and scoring."""
 
 from .clip_loss import IMAGENET_TEMPLATES, CLIPLoss, DirectionalCLIPLoss, ImagePrompt
+from .backends.transformers import TransformersCLIPEncoder
 from .clip_models import BUILTIN_CLIP_MODELS, CLIPEncoder, OpenCLIPEncoder, load_clip, save_clip
 from .cutouts import AUGMENT_PRESETS, Augment, MakeCutouts
 from .errors import InvalidInputError, ModelUnavailableError, ToolkitError, first_line
@@ -12,7 +13,7 @@ from .scoring import clip_score, zero_shot_classify
 __all__ = [
     "AUGMENT_PRESETS", "Augment", "BUILTIN_CLIP_MODELS", "CLIPEncoder", "CLIPLoss", "DirectionalCLIPLoss", "IMAGENET_TEMPLATES",
     "ImagePrompt", "InvalidInputError", "MakeCutouts", "ModelUnavailableError", "OpenCLIPEncoder", "Prompt", "ToolkitError",
-    "clip_score", "cosine_dist_loss", "directional_loss", "first_line", "load_clip", "load_image", "parse_prompt",
-    "parse_prompts", "png_output_path", "range_loss", "read_recipe", "save_clip", "save_png", "spherical_dist_loss",
+    "TransformersCLIPEncoder", "clip_score", "cosine_dist_loss", "directional_loss", "first_line", "load_clip",
+    "load_image", "parse_prompt", "parse_prompts", "png_output_path", "range_loss", "read_recipe", "save_clip", "save_png", "spherical_dist_loss",
     "tensor_to_pil", "tv_loss", "zero_shot_classify",
 ]

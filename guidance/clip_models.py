@@ -8,10 +8,14 @@ from typing import Sequence
 import torch
 
 from .backends import ClipRequest, ClipSource, is_checkpoint_file, openclip
+from .backends import transformers as hf_transformers
 from .backends.openclip import OpenCLIPEncoder
 from .encoder import CLIPEncoder, check_images, check_texts
 from .errors import InvalidInputError, ModelUnavailableError
 from .prompts import parse_prompt
+
+# Name prefixes of hub repositories, whose names hold no pretrained tag: open_clip's and transformers'.
+HUB_PREFIXES = ("hf-hub:", hf_transformers.HUB_PREFIX)
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -41,6 +45,8 @@ CLIP_SOURCES: list[ClipSource] = [
     ClipSource("open_clip config", lambda name, pretrained, architecture: isinstance(architecture, dict),
                openclip.load_config),
     ClipSource("hf-hub", lambda name, pretrained, architecture: name.startswith("hf-hub:"), openclip.load_hub),
+    ClipSource("transformers hub id", hf_transformers.is_hub_id, hf_transformers.load_hub),
+    ClipSource("transformers folder", hf_transformers.is_folder, hf_transformers.load_folder),
     ClipSource("open_clip", openclip.is_named, openclip.load_named, names=openclip.known_names),
 ]
 
@@ -57,7 +63,8 @@ def load_clip(name: str, pretrained: str | None = None, device: str | torch.devi
               architecture: str | dict | None = None, cache_dir: str | None = None,
               allow_pickle: bool = False) -> CLIPEncoder:
     """Load a CLIP model: an open_clip architecture (+ pretrained tag or local file), an `hf-hub:` repo,
-    a built-in name such as `shapes-tiny`, or a local checkpoint file (with `architecture` if it holds no config).
+    a transformers `hf:OWNER/NAME` hub id or `save_pretrained` folder, a built-in name such as `shapes-tiny`,
+    or a local checkpoint file (with `architecture` if it holds no config).
 
     `pretrained=None` with an architecture name, or an `architecture` config dict with a plain name, gives
     random weights and downloads nothing. The name's kind picks the row of CLIP_SOURCES that loads it.
@@ -84,13 +91,13 @@ def parse_clip_spec(spec: str) -> tuple[str, str | None, float]:
 
     The weight follows the prompt rule: a trailing number after a ':' that does not follow a digit.
     """
-    prefix = "hf-hub:" if spec.startswith("hf-hub:") else ""
+    prefix = next((p for p in HUB_PREFIXES if spec.startswith(p)), "")
     parsed = parse_prompt(spec[len(prefix):])
     name, _, pretrained = parsed.text.partition(":")
     if parsed.stop != float("-inf"):
         raise InvalidInputError(f"CLIP model spec {spec!r} has too many ':' fields; use NAME[:PRETRAINED][:WEIGHT]")
     if prefix and pretrained:
-        raise InvalidInputError(f"hf-hub models carry their own weights; drop ':{pretrained}' from {spec!r}")
+        raise InvalidInputError(f"{prefix.rstrip(':')} models carry their own weights; drop ':{pretrained}' from {spec!r}")
     return prefix + name.strip(), pretrained.strip() or None, parsed.weight
 
 

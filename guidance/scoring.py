@@ -26,11 +26,17 @@ def clip_score(model: CLIPEncoder, images: torch.Tensor, texts: Sequence[str]) -
 @torch.no_grad()
 def zero_shot_classify(model: CLIPEncoder, images: torch.Tensor, labels: Sequence[str],
                        templates: Sequence = IMAGENET_TEMPLATES) -> torch.Tensor:
-    """Class probabilities (B, L): each label's embedding is the mean over templates, logits scaled as trained."""
+    """Class probabilities (B, L): each label's embedding is the mean over templates, logits scaled as trained.
+
+    Softmax CLIPs give a distribution over the labels; sigmoid models (SigLIP, with a `logit_bias`) give each
+    label its own probability `sigmoid(logit_scale * cos + logit_bias)`, as they were trained.
+    """
     if isinstance(labels, str) or len(labels) < 2:
         raise InvalidInputError("zero_shot_classify needs a list of at least two labels")
     if not templates:
         raise InvalidInputError("zero_shot_classify needs at least one template, e.g. ['a photo of a {}.']")
     classes = torch.stack([template_embedding(model, label, templates) for label in labels])
     logits = model.logit_scale * model.encode_image(images) @ classes.T
+    if model.logit_bias is not None:
+        return torch.sigmoid(logits + model.logit_bias)
     return F.softmax(logits, dim=-1)

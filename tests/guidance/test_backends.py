@@ -223,7 +223,7 @@ def test_as_ensemble_takes_any_backend_and_refuses_other_modules(toy, tiny_clip)
 
 def test_the_sources_are_tried_in_order():
     assert [source.kind for source in CLIP_SOURCES] == ["built-in", "checkpoint file", "open_clip config", "hf-hub",
-                                                        "open_clip"]
+                                                        "transformers hub id", "transformers folder", "open_clip"]
 
 
 @pytest.mark.parametrize("name, pretrained, with_config, kind", [
@@ -233,6 +233,8 @@ def test_the_sources_are_tried_in_order():
     ("weights.pt", None, True, "checkpoint file"),  # a file with a config dict for its architecture
     ("my-model", None, True, "open_clip config"),
     ("hf-hub:owner/repo", None, False, "hf-hub"),
+    ("hf:owner/repo", None, False, "transformers hub id"),
+    ("path/to/folder/", None, False, "transformers folder"),
     ("ViT-B-32", None, False, "open_clip"),
     ("ViT-B-32", "openai", False, "open_clip"),
     ("ViT-B-32", "opneai", False, "open_clip"),  # the row checks the tag when it loads
