@@ -55,6 +55,10 @@ def _checked(text: str, weight: float, stop: float, source: str) -> Prompt:
         raise InvalidInputError(f"empty prompt text in {source!r}; give a description such as 'a red circle'")
     if text.endswith(":"):
         raise InvalidInputError(f"empty field before the weight in prompt {source!r}; use 'text:weight:stop'")
+    if not math.isfinite(weight):
+        raise InvalidInputError(f"weight {weight} in prompt {source!r} is not a finite number; use e.g. 1, 2 or -0.5")
+    if math.isnan(stop) or stop == math.inf:
+        raise InvalidInputError(f"stop {stop} in prompt {source!r} is not a finite number; use e.g. 0.5, or drop it")
     return Prompt(text, weight, stop)
 
 

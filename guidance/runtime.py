@@ -10,6 +10,7 @@ from typing import Iterator
 import torch
 
 from .errors import InvalidInputError, ToolkitError
+from .validation import check_seed
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -56,9 +57,7 @@ def resolve_seed(seed: int | None) -> int:
     """The given seed, or a fresh random one (recorded so the run can be repeated)."""
     if seed is None:
         return secrets.randbelow(2**31)
-    if not 0 <= int(seed) < 2**63:
-        raise InvalidInputError(f"seed must be a non-negative integer, got {seed}")
-    return int(seed)
+    return check_seed(seed)
 
 
 _ALLOCATION = re.compile(r"Tried to allocate ([\d.]+ [KMGT]i?B)")

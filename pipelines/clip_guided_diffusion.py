@@ -32,13 +32,16 @@ from guidance.clip_loss import CLIPLoss, DirectionalCLIPLoss
 from guidance.clip_models import CLIPEncoder, load_clip_ensemble
 from guidance.cutouts import AUGMENT_PRESETS, MakeCutouts
 from guidance.errors import InvalidInputError, ModelUnavailableError
-from guidance.images import png_output_path, save_png, tensor_to_pil
+from guidance.images import png_output_path, tensor_to_pil
 from guidance.losses import range_loss, tv_loss
+from guidance.outputs import check_folder
 from guidance.prompts import Prompt, parse_prompts
 from guidance.runtime import autocast, check_precision, explain_out_of_memory, pick_device, prepare_device, resolve_seed
-from pipelines.common import (InitImages, PipelineOutput, StepCallback, add_runtime_arguments, as_mask, call_defaults,
-                              clean_recipe, command_line, directional_target, edit_mode, finish_cli, frame_of,
-                              load_init_images, parse_size, round_size, run_cli)
+from guidance.validation import MAX_CUTN, MAX_STEPS, check_count, check_some_weight
+from pipelines.common import (CLIParser, InitImages, PipelineOutput, StepCallback, add_runtime_arguments, as_mask,
+                              call_defaults, check_cli_outputs, check_cutouts, clean_recipe, command_line,
+                              directional_target, edit_mode, finish_cli, frame_of, load_init_images, parse_size,
+                              round_size, run_cli, save_partial)
 from pipelines.registry import PipelineSpec
 
 if TYPE_CHECKING:
@@ -237,6 +240,8 @@ class CLIPGuidedDiffusionPipeline:
                          inversion_refine=inversion_refine, cfg_scale=cfg_scale)
         guidance = GuidanceSettings(tv_scale, range_scale, clamp_grad, guide_from, guide_until, guide_every)
         guidance.check()
+        check_cutouts(cutn, cut_pow)
+        check_count("--save-every", save_every, 0, MAX_STEPS)
         cutouts = MakeCutouts(max((m.image_size for m, _ in self.clip_models), default=224), cutn=cutn, cut_pow=cut_pow,
                               augment=augment)
         seed, size, init = self.prepare_run(seed, size, init_image)
@@ -295,13 +300,14 @@ class CLIPGuidedDiffusionPipeline:
                       inversion_steps=inversion_steps, inversion_refine=inversion_refine)
         if mode == "directional":
             return Plan(mode, [], directional_target(prompt), source_text.strip(), cfg_scale=1.0, **shared)
-        return Plan(mode, parse_prompts(prompt), None, None,
+        prompts = parse_prompts(prompt)
+        check_some_weight(p.weight for p in prompts)
+        return Plan(mode, prompts, None, None,
                     cfg_scale=cfg_scale if cfg_scale is not None else DEFAULT_CFG_SCALE, **shared)
 
     def _check_schedule(self, steps: int, scheduler: str, eta: float) -> None:
         """Validate the step count, the scheduler and its noise."""
-        if not 1 <= steps <= self.model.num_train_timesteps:
-            raise InvalidInputError(f"steps must be between 1 and {self.model.num_train_timesteps}, got {steps}")
+        check_count("--steps", steps, 1, self.model.num_train_timesteps)
         if scheduler not in SCHEDULERS:
             raise InvalidInputError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
         if not (math.isfinite(eta) and eta >= 0) or (eta and scheduler != "ddim"):
@@ -516,9 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipelines.diffusionclip import finetune
 
     defaults, tuning = call_defaults(CLIPGuidedDiffusionPipeline.__call__), call_defaults(finetune)
-    parser = argparse.ArgumentParser(prog="python -m pipelines.clip_guided_diffusion",
-                                     description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = CLIParser(prog="python -m pipelines.clip_guided_diffusion", description=__doc__.split("\n\n")[0])
     parser.add_argument("prompt", nargs="?", default=defaults["prompt"],
                         help="text prompt; 'text:weight:stop' items joined by '|' (negative weights push away); with "
                              "--source-text, the target text; may be empty to apply a fine-tuned model's edit")
@@ -526,8 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", default=defaults["size"],
                         help="WIDTH or WIDTHxHEIGHT (default: the model's native size)")
     parser.add_argument("--steps", type=int, default=defaults["steps"],
-                        help="scheduler steps over the whole noise schedule")
-    parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=defaults["scheduler"])
+                        help="scheduler steps over the whole noise schedule (at most the model's training steps)")
+    parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=defaults["scheduler"],
+                        help="diffusers sampler")
     parser.add_argument("--eta", type=float, default=defaults["eta"],
                         help="DDIM noise (0: deterministic, 1: like DDPM)")
     parser.add_argument("--skip-steps", type=int, default=defaults["skip_steps"],
@@ -551,7 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="guide every K-th step (faster)")
     parser.add_argument("--cfg-scale", type=float, default=defaults["cfg_scale"],
                         help=f"classifier-free guidance of text-conditioned models (default {DEFAULT_CFG_SCALE:g})")
-    parser.add_argument("--cutn", type=int, default=defaults["cutn"], help="cutouts per guided step")
+    parser.add_argument("--cutn", type=int, default=defaults["cutn"],
+                        help=f"cutouts per guided step, 1 to {MAX_CUTN} (memory grows with it)")
     parser.add_argument("--cut-pow", type=float, default=defaults["cut_pow"],
                         help="cutout size power (higher: smaller cutouts)")
     parser.add_argument("--augment", choices=AUGMENT_PRESETS, default=defaults["augment"],
@@ -575,7 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--finetune-lr", type=float, default=tuning["lr"], help="fine-tuning learning rate")
     parser.add_argument("--finetune-ddim-steps", type=int, default=tuning["ddim_steps"],
                         help="DDIM steps generated with gradients in each fine-tuning step")
-    parser.add_argument("--save-model", default=None, help="save the fine-tuned model to this folder (use it as --model)")
+    parser.add_argument("--save-model", default=None,
+                        help="save the fine-tuned model to this folder (use it as --model); checked before the run")
     add_runtime_arguments(parser)
     return parser
 
@@ -608,6 +615,10 @@ def main(argv: list[str]) -> int:
         raise InvalidInputError("--save-model saves a fine-tuned model; add --finetune-steps N")
     if args.finetune_steps and args.skip_steps is not None:
         raise InvalidInputError("fine-tuning sets its start step with --edit-strength, not --skip-steps")
+    paths = output_paths(output, len(args.init_image or [None]))
+    check_cli_outputs(paths, args.video)
+    if args.save_model:
+        check_folder(args.save_model, "--save-model folder")
     seed = resolve_seed(args.seed)
     pipe = CLIPGuidedDiffusionPipeline.from_pretrained(args.model, args.clip_model, args.device)
     command = command_line("pipelines.clip_guided_diffusion",
@@ -616,12 +627,9 @@ def main(argv: list[str]) -> int:
         pipe = _finetune_from_arguments(pipe, args, seed)
         if pipe is None:
             return 130
-    paths = output_paths(output, len(args.init_image or [None]))
 
     def save_progress(step: int, images: torch.Tensor) -> None:
-        """Save the current images over the outputs, marked partial."""
-        for index, path in enumerate(paths):
-            save_png(images[index:index + 1], path, {"command": command, "step": step, "partial": True})
+        save_partial(images, paths, command, step)
 
     result = pipe(args.prompt, size=args.size, steps=args.steps, seed=seed, scheduler=args.scheduler, eta=args.eta,
                   skip_steps=args.skip_steps, edit_strength=args.edit_strength, clip_scale=args.clip_scale,

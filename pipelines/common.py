@@ -10,7 +10,7 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 import imageio.v3 as iio
 import numpy as np
@@ -21,8 +21,10 @@ from PIL import Image
 from guidance.clip_models import check_images
 from guidance.errors import InvalidInputError, ToolkitError
 from guidance.images import load_image, save_png
+from guidance.outputs import atomic_path, check_output, partial_path
 from guidance.prompts import parse_prompt
 from guidance.runtime import PRECISIONS
+from guidance.validation import MAX_CUTN, check_count, check_number
 
 MAX_SIDE = 4096
 
@@ -56,6 +58,12 @@ def directional_target(prompt: str) -> str:
     if not target or "|" in prompt:
         raise InvalidInputError("a directional edit needs exactly one target text, e.g. 'a photo of a dog'")
     return target
+
+
+def check_cutouts(cutn: int, cut_pow: float) -> None:
+    """Validate the cutout settings every CLIP-guided pipeline takes (count within MAX_CUTN, a finite power > 0)."""
+    check_count("--cutn", cutn, 1, MAX_CUTN)
+    check_number("--cut-pow", cut_pow, above=0)
 
 
 def call_defaults(function: Callable[..., Any]) -> dict[str, Any]:
@@ -148,20 +156,24 @@ def frame_of(images: torch.Tensor) -> np.ndarray:
     return (images[0].detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".gif")
+
+
 def write_video(frames: Sequence[np.ndarray], path: str | Path, fps: int = 10) -> Path:
-    """Write progress frames as an mp4 (ffmpeg) or a gif, chosen by the file extension."""
+    """Write progress frames as an mp4 (ffmpeg) or a gif, chosen by the file extension, atomically."""
     path = Path(path)
     if not frames:
         raise InvalidInputError("no frames to write; use a smaller --save-every")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".gif":
-        iio.imwrite(path, np.stack(frames), duration=1000 / fps, loop=0)
-    elif path.suffix.lower() in (".mp4", ".webm", ".mkv"):
-        even = [f[: f.shape[0] // 2 * 2, : f.shape[1] // 2 * 2] for f in frames]  # codecs want even sides
-        iio.imwrite(path, np.stack(even), fps=fps, codec="libx264" if path.suffix.lower() == ".mp4" else None,
-                    macro_block_size=1)
-    else:
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
         raise InvalidInputError(f"video {path} must end in .mp4, .webm, .mkv or .gif")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as temporary:
+        if path.suffix.lower() == ".gif":
+            iio.imwrite(temporary, np.stack(frames), duration=1000 / fps, loop=0)
+        else:
+            even = [f[: f.shape[0] // 2 * 2, : f.shape[1] // 2 * 2] for f in frames]  # codecs want even sides
+            iio.imwrite(temporary, np.stack(even), fps=fps, codec="libx264" if path.suffix.lower() == ".mp4" else None,
+                        macro_block_size=1)
     return path
 
 
@@ -170,15 +182,50 @@ def command_line(module: str, argv: Sequence[str]) -> str:
     return " ".join(["python", "-m", module, *map(shlex.quote, argv)])
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds '(default: X)' to an option's help, unless the help already speaks of its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        """The help text, with the default appended where it says something and is not said already."""
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], ""):
+            return text
+        return super()._get_help_string(action)
+
+
+class CLIParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line plus a pointer to --help (exit 2), not the whole usage."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(formatter_class=DefaultsHelpFormatter, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        """Print `error: MESSAGE; see PROG --help` and exit 2."""
+        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """The options every pipeline CLI shares: output, seed, device, precision, video and saving."""
-    parser.add_argument("-o", "--output", default="output.png", help="output PNG (default: output.png)")
-    parser.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one, stored in the PNG)")
+    parser.add_argument("-o", "--output", default="output.png",
+                        help="output PNG, carrying the recipe; an existing file is replaced only when the run ends "
+                             "(default: output.png)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="random seed, 0 to 2**63 - 1 (default: a fresh one, stored in the PNG)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: best available)")
     parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32",
                         help="autocast precision for the models (bf16/fp16 save memory and time on GPUs)")
-    parser.add_argument("--save-every", type=int, default=50, help="save the current image every N steps (0: only at the end)")
-    parser.add_argument("--video", default=None, help="also write the progress as a video (.mp4 or .gif)")
+    parser.add_argument("--save-every", type=int, default=50,
+                        help="every N steps, save the current image to NAME.partial.png (removed at the end) and a "
+                             "video frame; 0: only at the end")
+    parser.add_argument("--video", default=None, help="also write the progress as a video (.mp4, .webm, .mkv or .gif)")
+
+
+def check_cli_outputs(paths: Sequence[Path], video: str | None) -> None:
+    """Check every file a CLI run will write, before any model loads (see guidance.outputs.check_output)."""
+    for path in paths:
+        check_output(path, (".png",), "output")
+    if video:
+        check_output(video, VIDEO_SUFFIXES, "video")
 
 
 def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
@@ -194,17 +241,27 @@ def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> 
         return 130
 
 
+def save_partial(images: torch.Tensor, paths: Sequence[Path], command: str, step: int) -> None:
+    """Save a run's current images beside its outputs (`NAME.partial.png`), marked partial; outputs stay untouched."""
+    for index, path in enumerate(paths):
+        save_png(images[index:index + 1], partial_path(path), {"command": command, "step": step, "partial": True})
+
+
 def finish_cli(result: PipelineOutput, paths: Sequence[Path], command: str, video: str | None,
                own: Sequence[dict[str, Any]] = ()) -> int:
-    """The end of every pipeline CLI: save each image with its recipe (plus its `own` entries), the video, a
-    status line; returns the exit code (130 when interrupted)."""
+    """The end of every pipeline CLI: save each image with its recipe (plus its `own` entries) over its output,
+    atomically, remove its partial file, write the video and a status line; returns the exit code (130 when
+    interrupted)."""
+    replaced = [path for path in paths if path.exists()]
     for index, (image, path) in enumerate(zip(result.images, paths)):
         save_png(image, path, {**result.recipe, **(own[index] if own else {}), "command": command})
+        partial_path(path).unlink(missing_ok=True)
     if video:
         write_video(result.frames, video)
     state = "interrupted after" if result.interrupted else "done in"
     names = ", ".join(str(path) for path in paths)
-    print(f"{state} {result.recipe['steps_done']} steps ({result.recipe['seconds']} s): {names}", file=sys.stderr)
+    note = f" (replaced the previous {', '.join(str(path) for path in replaced)})" if replaced else ""
+    print(f"{state} {result.recipe['steps_done']} steps ({result.recipe['seconds']} s): {names}{note}", file=sys.stderr)
     return 130 if result.interrupted else 0
 
 

@@ -20,6 +20,7 @@ from generators.diffusion import final_alpha, finetune_unet, spaced_timesteps
 from guidance.clip_loss import DirectionalCLIPLoss
 from guidance.errors import InvalidInputError
 from guidance.runtime import autocast, check_precision, explain_out_of_memory
+from guidance.validation import MAX_STEPS, check_count, check_number
 from pipelines.clip_guided_diffusion import DEFAULT_EDIT_STRENGTH, CLIPGuidedDiffusionPipeline, Size, image_names
 from pipelines.common import InitImages, clean_recipe
 
@@ -92,10 +93,9 @@ def finetune(pipeline: CLIPGuidedDiffusionPipeline, prompt: str, *, init_image: 
 
 def _check_settings(finetune_steps: int, lr: float, ddim_steps: int, init_image: Any, source_text: str | None) -> None:
     """Validate the fine-tuning settings before any work."""
-    if finetune_steps < 1 or ddim_steps < 1:
-        raise InvalidInputError(f"fine-tuning needs at least 1 step and 1 DDIM step, got {finetune_steps} and {ddim_steps}")
-    if not lr > 0:
-        raise InvalidInputError(f"learning rate must be positive, got {lr}")
+    check_count("--finetune-steps", finetune_steps, 1, MAX_STEPS)
+    check_count("--finetune-ddim-steps", ddim_steps, 1, MAX_STEPS)
+    check_number("--finetune-lr", lr, above=0)
     if init_image is None or not source_text:
         raise InvalidInputError("fine-tuning learns an edit of photos: give --init-image, --source-text and the "
                                 "target as the prompt")

@@ -12,7 +12,6 @@ image along the CLIP direction from the source text to the prompt (DiffusionCLIP
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -29,13 +28,15 @@ from guidance.clip_loss import CLIPLoss, DirectionalCLIPLoss, ImagePrompt
 from guidance.clip_models import CLIPEncoder, load_clip_ensemble
 from guidance.cutouts import AUGMENT_PRESETS, MakeCutouts
 from guidance.errors import InvalidInputError
-from guidance.images import load_image, png_output_path, save_png, tensor_to_pil
+from guidance.images import load_image, png_output_path, tensor_to_pil
 from guidance.prompts import parse_prompt, parse_prompts
 from guidance.runtime import (autocast, check_precision, explain_out_of_memory, pick_device, prepare_device,
                               resolve_seed)
-from pipelines.common import (PipelineOutput, StepCallback, add_runtime_arguments, as_mask, call_defaults, clean_recipe,
-                              command_line, directional_target, edit_mode, finish_cli, frame_of, load_init_images,
-                              parse_size, round_size, run_cli)
+from guidance.validation import MAX_CUTN, MAX_STEPS, check_count, check_number, check_some_weight
+from pipelines.common import (CLIParser, PipelineOutput, StepCallback, add_runtime_arguments, as_mask, call_defaults,
+                              check_cli_outputs, check_cutouts, clean_recipe, command_line, directional_target,
+                              edit_mode, finish_cli, frame_of, load_init_images, parse_size, round_size, run_cli,
+                              save_partial)
 
 DEFAULT_CLIP = "ViT-B-32:openai"
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam, "sgd": torch.optim.SGD}
@@ -95,8 +96,8 @@ class LatentOptimizationPipeline:
         # 1. Check the settings, before any work.
         check_precision(precision, self.device)
         lr = self.default_lr if lr is None else lr
-        settings = self._check_settings(prompt, steps, lr, optimizer, cutn, cut_pow, augment, init_image, mask,
-                                        source_text, image_prompts)
+        settings = self._check_settings(prompt, steps, lr, optimizer, cutn, cut_pow, augment, init_image, init_weight,
+                                        mask, source_text, image_prompts, save_every)
         seed = resolve_seed(seed)
         prepare_device(self.device)
         width, height = round_size(parse_size(self.default_size if size is None else size), self.size_factor,
@@ -177,26 +178,25 @@ class LatentOptimizationPipeline:
         return PipelineOutput([tensor_to_pil(final)], history, frames + [frame_of(final)], recipe, interrupted)
 
     def _check_settings(self, prompt: str, steps: int, lr: float, optimizer: str, cutn: int, cut_pow: float,
-                        augment: str, init_image: Any, mask: Any, source_text: str | None,
-                        image_prompts: Sequence[str | ImagePrompt]) -> dict[str, Any]:
+                        augment: str, init_image: Any, init_weight: float | None, mask: Any, source_text: str | None,
+                        image_prompts: Sequence[str | ImagePrompt], save_every: int) -> dict[str, Any]:
         """Validate the settings before any work; return the parsed prompts."""
-        if steps < 1:
-            raise InvalidInputError(f"steps must be at least 1, got {steps}")
-        if not (lr > 0 and math.isfinite(lr)):
-            raise InvalidInputError(f"learning rate must be a positive number, got {lr}")
+        check_count("--steps", steps, 1, MAX_STEPS)
+        check_number("--lr", lr, above=0)
         if optimizer not in OPTIMIZERS:
             raise InvalidInputError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-        if cutn < 1:
-            raise InvalidInputError(f"cutn must be at least 1, got {cutn}")
-        if not (cut_pow > 0 and math.isfinite(cut_pow)):
-            raise InvalidInputError(f"cut_pow must be a positive number, got {cut_pow}")
+        check_cutouts(cutn, cut_pow)
         if augment not in AUGMENT_PRESETS:
             raise InvalidInputError(f"unknown augmentation preset {augment!r}; choose one of {', '.join(AUGMENT_PRESETS)}")
+        if init_weight is not None:
+            check_number("--init-weight", init_weight, low=0)
+        check_count("--save-every", save_every, 0, MAX_STEPS)
         mode = edit_mode(init_image, mask, source_text)
         parsed_images = [self._image_prompt(p) for p in image_prompts]
         if mode == "directional":
             return {"target": directional_target(prompt)}
         prompts = parse_prompts(prompt) if (prompt and prompt.strip()) or not parsed_images else []
+        check_some_weight([p.weight for p in prompts] + [p.weight for p in parsed_images])
         return {"prompts": prompts, "image_prompts": parsed_images}
 
     def _image_prompt(self, prompt: str | ImagePrompt) -> ImagePrompt:
@@ -212,16 +212,18 @@ def build_parser(pipeline: type[LatentOptimizationPipeline], module: str) -> arg
     """The command-line options of a latent-optimisation pipeline (the generator's own come from the class)."""
     defaults = call_defaults(pipeline.__call__)
     summary = (sys.modules[pipeline.__module__].__doc__ or pipeline.__doc__ or "").split("\n\n")[0]
-    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=summary,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = CLIParser(prog=f"python -m {module}", description=summary)
     parser.add_argument("prompt", nargs="?", default="",
                         help="text prompt; 'text:weight:stop' items joined by '|' (negative weights push away)")
     size = pipeline.default_size
-    parser.add_argument("--size", default=f"{size[0]}x{size[1]}", help="WIDTH or WIDTHxHEIGHT")
-    parser.add_argument("--steps", type=int, default=defaults["steps"], help="optimisation steps")
-    parser.add_argument("--lr", type=float, default=pipeline.default_lr, help="learning rate")
-    parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default=defaults["optimizer"])
-    parser.add_argument("--cutn", type=int, default=defaults["cutn"], help="cutouts per step")
+    parser.add_argument("--size", default=f"{size[0]}x{size[1]}",
+                        help="WIDTH or WIDTHxHEIGHT, rounded down to the generator's factor")
+    parser.add_argument("--steps", type=int, default=defaults["steps"], help=f"optimisation steps, 1 to {MAX_STEPS}")
+    parser.add_argument("--lr", type=float, default=pipeline.default_lr, help="learning rate, a finite number > 0")
+    parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default=defaults["optimizer"],
+                        help="optimiser of the latent")
+    parser.add_argument("--cutn", type=int, default=defaults["cutn"],
+                        help=f"cutouts per step, 1 to {MAX_CUTN} (memory grows with it)")
     parser.add_argument("--cut-pow", type=float, default=defaults["cut_pow"],
                         help="cutout size power (higher: smaller cutouts)")
     parser.add_argument("--augment", choices=AUGMENT_PRESETS, default=defaults["augment"],
@@ -229,7 +231,8 @@ def build_parser(pipeline: type[LatentOptimizationPipeline], module: str) -> arg
     parser.add_argument("--clip-model", action="append", default=None, metavar="NAME[:PRETRAINED][:WEIGHT]",
                         help=f"CLIP model, repeatable for an ensemble (default: {DEFAULT_CLIP})")
     pipeline.add_model_arguments(parser)
-    parser.add_argument("--image-prompt", action="append", default=[], metavar="PATH[:WEIGHT[:STOP]]")
+    parser.add_argument("--image-prompt", action="append", default=[], metavar="PATH[:WEIGHT[:STOP]]",
+                        help="an image as a target like a text prompt; repeatable")
     parser.add_argument("--init-image", default=None, help="start from this image (and edit it)")
     parser.add_argument("--init-weight", type=float, default=None,
                         help="fidelity to the init image (default 0; 1 for --source-text edits)")
@@ -243,12 +246,13 @@ def run_cli_main(pipeline: type[LatentOptimizationPipeline], module: str, argv: 
     """The CLI of a latent-optimisation pipeline; returns the exit code."""
     args = build_parser(pipeline, module).parse_args(argv)
     output = png_output_path(args.output)
+    check_cli_outputs([output], args.video)
     seed = resolve_seed(args.seed)
     pipe = pipeline.from_arguments(args, args.clip_model or [DEFAULT_CLIP])
     command = command_line(module, [*argv, *([] if args.seed is not None else ["--seed", str(seed)])])
 
     def save_progress(step: int, images: torch.Tensor) -> None:
-        save_png(images, output, {"command": command, "step": step, "partial": True})
+        save_partial(images, [output], command, step)
 
     result = pipe(args.prompt, size=args.size, steps=args.steps, seed=seed, lr=args.lr, optimizer=args.optimizer,
                   cutn=args.cutn, cut_pow=args.cut_pow, augment=args.augment, image_prompts=args.image_prompt,

@@ -217,15 +217,18 @@ def test_ctrl_c_saves_the_current_image(model_files, tmp_path):
                                 *cli_args(model_files, "a red circle", "--size", "32", "--steps", "100000",
                                           "--save-every", "1", "-o", str(output))],
                                cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    partial = tmp_path / "out.partial.png"  # progress goes beside the output, not over it
     deadline = time.monotonic() + 120
-    while not output.exists() and time.monotonic() < deadline and process.poll() is None:
+    while not partial.exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)
+    assert partial.exists() and not output.exists()
     time.sleep(0.5)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     recipe = read_recipe(output)
     assert recipe["interrupted"] is True and 0 < recipe["steps_done"] < 100000
+    assert not partial.exists()  # removed once the output is saved
     assert "Traceback" not in err
 
 
