@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 
 from .backends import ClipRequest, ClipSource, is_checkpoint_file, openclip
+from .backends import openclip_hf_text
 from .backends import transformers as hf_transformers
 from .backends.openclip import OpenCLIPEncoder
 from .encoder import CLIPEncoder, check_images, check_texts
@@ -47,6 +48,7 @@ CLIP_SOURCES: list[ClipSource] = [
     ClipSource("hf-hub", lambda name, pretrained, architecture: name.startswith("hf-hub:"), openclip.load_hub),
     ClipSource("transformers hub id", hf_transformers.is_hub_id, hf_transformers.load_hub),
     ClipSource("transformers folder", hf_transformers.is_folder, hf_transformers.load_folder),
+    ClipSource("open_clip with a Hugging Face text tower", openclip_hf_text.has_hf_text_tower, openclip_hf_text.load),
     ClipSource("open_clip", openclip.is_named, openclip.load_named, names=openclip.known_names),
 ]
 

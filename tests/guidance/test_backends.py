@@ -223,7 +223,8 @@ def test_as_ensemble_takes_any_backend_and_refuses_other_modules(toy, tiny_clip)
 
 def test_the_sources_are_tried_in_order():
     assert [source.kind for source in CLIP_SOURCES] == ["built-in", "checkpoint file", "open_clip config", "hf-hub",
-                                                        "transformers hub id", "transformers folder", "open_clip"]
+                                                        "transformers hub id", "transformers folder",
+                                                        "open_clip with a Hugging Face text tower", "open_clip"]
 
 
 @pytest.mark.parametrize("name, pretrained, with_config, kind", [
