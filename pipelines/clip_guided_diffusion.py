@@ -34,6 +34,7 @@ from guidance.cutouts import AUGMENT_PRESETS, MakeCutouts
 from guidance.errors import InvalidInputError, ModelUnavailableError
 from guidance.images import png_output_path, tensor_to_pil
 from guidance.losses import range_loss, tv_loss
+from guidance.memory import check_memory, estimate_run_bytes
 from guidance.outputs import check_folder
 from guidance.prompts import Prompt, parse_prompts
 from guidance.runtime import autocast, check_precision, explain_out_of_memory, pick_device, prepare_device, resolve_seed
@@ -245,6 +246,7 @@ class CLIPGuidedDiffusionPipeline:
         cutouts = MakeCutouts(max((m.image_size for m, _ in self.clip_models), default=224), cutn=cutn, cut_pow=cut_pow,
                               augment=augment)
         seed, size, init = self.prepare_run(seed, size, init_image)
+        self._check_memory(size, cutn if plan.clip_scale else 0, 1 if init is None else init.shape[0])
         generator = torch.Generator(device=self.device).manual_seed(seed)
 
         # 2. Prepare latents: the timesteps, and the start sample (noise, the noised init image or its inversion).
@@ -391,6 +393,13 @@ class CLIPGuidedDiffusionPipeline:
         if run.x_init is None:
             return noise, condition
         return self.model.add_noise(run.x_init, noise, run.timesteps[0]), condition
+
+    def _check_memory(self, size: tuple[int, int], cutn: int, batch: int) -> None:
+        """Refuse a run whose estimated memory exceeds what the device has free (guidance.memory)."""
+        clip_size = max((m.image_size for m, _ in self.clip_models), default=224)
+        needed = estimate_run_bytes(*size, cutn, clip_size, batch, generator="diffusion")
+        check_memory(needed, self.device, f"CLIP-guided diffusion of {batch} image(s) at {size[0]}x{size[1]} with "
+                     f"{cutn} cutouts", "--cutn, --size or the number of --init-image")
 
     def _memory_hint(self, size: tuple[int, int], cutn: int) -> tuple[str, str]:
         """What a run does and how to make it smaller, for an out-of-memory error."""

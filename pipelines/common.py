@@ -20,7 +20,7 @@ from PIL import Image
 
 from guidance.clip_models import check_images
 from guidance.errors import InvalidInputError, ToolkitError
-from guidance.images import load_image, save_png
+from guidance.images import attach_recipe, load_image, save_png
 from guidance.outputs import atomic_path, check_output, partial_path
 from guidance.prompts import parse_prompt
 from guidance.runtime import PRECISIONS
@@ -34,13 +34,25 @@ StepCallback = Callable[[int, torch.Tensor], bool | None]
 
 @dataclass
 class PipelineOutput:
-    """The result of a run: final images, the loss history, progress frames and the recipe."""
+    """The result of a run: final images, the loss history, progress frames and the recipe.
+
+    Each image carries the recipe: `result.images[0].save("x.png")` writes it into the PNG, as `result.save`
+    does (atomically).
+    """
 
     images: list[Image.Image]
     history: list[dict[str, float]]
     frames: list[np.ndarray] = field(default_factory=list)
     recipe: dict[str, Any] = field(default_factory=dict)
     interrupted: bool = False
+
+    def __post_init__(self) -> None:
+        for image in self.images:
+            attach_recipe(image, self.recipe)
+
+    def save(self, path: str | Path, index: int = 0) -> Path:
+        """Save image `index` as a PNG carrying the recipe; returns its path."""
+        return save_png(self.images[index], path, self.recipe)
 
 
 def edit_mode(init_image: Any, mask: Any, source_text: str | None) -> str:
@@ -141,6 +153,11 @@ def load_init_images(init_image: InitImages | None, size: tuple[int, int], devic
         if not paths:
             raise InvalidInputError("init_image is an empty list; give at least one image")
         images = [load_image(path) for path in paths]
+        for path, image in zip(paths, images):
+            if tuple(image.shape[-2:]) != (size[1], size[0]):
+                warnings.warn(f"init image {path} is {image.shape[-1]}x{image.shape[-2]}; the run works at "
+                              f"{size[0]}x{size[1]}, so it is resized and the result is {size[0]}x{size[1]} "
+                              "(--size chooses)", stacklevel=2)
     return torch.cat([fit_image(image.float(), size) for image in images]).to(device)
 
 
@@ -232,7 +249,9 @@ def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> 
     """Run a CLI main: user errors print one line and exit 2, never a traceback."""
     argv = sys.argv[1:] if argv is None else argv
     try:
-        return main(argv)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_notice
+            return main(argv)
     except ToolkitError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -245,6 +264,11 @@ def save_partial(images: torch.Tensor, paths: Sequence[Path], command: str, step
     """Save a run's current images beside its outputs (`NAME.partial.png`), marked partial; outputs stay untouched."""
     for index, path in enumerate(paths):
         save_png(images[index:index + 1], partial_path(path), {"command": command, "step": step, "partial": True})
+
+
+def _show_notice(message: Warning | str, category: type[Warning], *rest: Any) -> None:
+    """A warning as one `notice:` line on stderr (the CLIs' size and rounding notices)."""
+    print(f"notice: {message}", file=sys.stderr)
 
 
 def finish_cli(result: PipelineOutput, paths: Sequence[Path], command: str, video: str | None,

@@ -29,6 +29,7 @@ from guidance.clip_models import CLIPEncoder, load_clip_ensemble
 from guidance.cutouts import AUGMENT_PRESETS, MakeCutouts
 from guidance.errors import InvalidInputError
 from guidance.images import load_image, png_output_path, tensor_to_pil
+from guidance.memory import check_memory, estimate_run_bytes
 from guidance.prompts import parse_prompt, parse_prompts
 from guidance.runtime import (autocast, check_precision, explain_out_of_memory, pick_device, prepare_device,
                               resolve_seed)
@@ -53,6 +54,7 @@ class LatentOptimizationPipeline:
     model_key: ClassVar[str] = "generator"  # the recipe key (and CLI option) naming the generator's model
     default_size: ClassVar[tuple[int, int]] = (256, 256)
     default_lr: ClassVar[float] = 0.1
+    memory_profile: ClassVar[str] = "vqgan"  # the generator's row in guidance.memory.BYTES_PER_IMAGE_PIXEL
 
     def __init__(self, generator: LatentGenerator, clip_models: Sequence[tuple[CLIPEncoder, float]],
                  model_name: str = "generator"):
@@ -102,6 +104,9 @@ class LatentOptimizationPipeline:
         prepare_device(self.device)
         width, height = round_size(parse_size(self.default_size if size is None else size), self.size_factor,
                                    self.model_name)
+        clip_size = max(m.image_size for m, _ in self.clip_models)
+        check_memory(estimate_run_bytes(width, height, cutn, clip_size, generator=self.memory_profile), self.device,
+                     f"{self.name} at {width}x{height} with {cutn} cutouts", "--cutn or --size")
         torch.manual_seed(seed)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         # 2. Prepare the inputs and the loss (targets are embedded once, here).
@@ -110,8 +115,7 @@ class LatentOptimizationPipeline:
             raise InvalidInputError(f"{self.name} edits one image at a time, got {init.shape[0]}")
         mask_tensor = as_mask(mask, (width, height), self.device)
         fidelity = init_weight if init_weight is not None else (1.0 if source_text else 0.0)
-        cutouts = MakeCutouts(max(m.image_size for m, _ in self.clip_models), cutn=cutn, cut_pow=cut_pow,
-                              augment=augment)
+        cutouts = MakeCutouts(clip_size, cutn=cutn, cut_pow=cut_pow, augment=augment)
         if source_text:
             clip_loss: torch.nn.Module = DirectionalCLIPLoss(self.clip_models, init, source_text, settings["target"],
                                                              cutouts=cutouts, l1_weight=fidelity)

@@ -30,6 +30,7 @@ class PixelsCLIPPipeline(LatentOptimizationPipeline):
     model_key = "parameterization"
     default_size = (256, 256)
     default_lr = 0.05
+    memory_profile = "pixels"
 
     @property
     def pixels(self) -> PixelGenerator:
