@@ -1,9 +1,12 @@
 """The web app: text-to-image and text-guided editing in the browser, on the toolkit's pipelines (Gradio).
 
-Run:  python -m apps.gradio_app [--host 127.0.0.1] [--port 7860] [--share] [--device auto] [--max-size 512]
+Run:  python -m apps.gradio_app [--host 127.0.0.1] [--port 7860] [--auth USER:PASS] [--models FILE] [--max-queue 8]
+      (python -m apps.gradio_app --help lists every option; the README's "Serving on a network" has a safe setup)
 
-Models load once and are reused; requests queue one at a time (one GPU); intermediate images stream into the
-page; Stop ends a run and keeps its last image; every result is a PNG carrying its recipe in the text chunks.
+Models load once and are reused; one run goes at a time (one GPU) with a bounded line of waiting runs;
+intermediate images stream into the page; Stop ends its own session's run and keeps its last image; every
+result is a PNG carrying its recipe in the text chunks. Visitors pick the operator's models, within the
+operator's limits, whatever a client sends.
 """
 
 from __future__ import annotations
@@ -12,14 +15,13 @@ import argparse
 import html
 import inspect
 import logging
+import math
 import os
 import queue
 import re
 import sys
 import tempfile
 import threading
-import time
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +34,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from apps.access import exposure_warning, read_credentials  # noqa: E402
+from apps.model_policy import CLIP_KIND, ModelPolicy, read_model_lists  # noqa: E402
+from apps.results import new_run_folder, prune_results  # noqa: E402
+from apps.run_queue import RunQueue, StopSignals  # noqa: E402
+from apps.uploads import UploadEditor, editor_mask, editor_photo, uploaded_mask  # noqa: E402
 from guidance.cutouts import AUGMENT_PRESETS  # noqa: E402
 from guidance.errors import InvalidInputError, ToolkitError  # noqa: E402
-from guidance.images import load_image, save_png, tensor_to_pil  # noqa: E402
+from guidance.images import save_png, tensor_to_pil  # noqa: E402
 from guidance.prompts import parse_prompts  # noqa: E402
 from guidance.runtime import PRECISIONS, pick_device, resolve_seed  # noqa: E402
 from pipelines.common import call_defaults, command_line, parse_size, round_size, run_cli  # noqa: E402
@@ -44,27 +51,33 @@ log = logging.getLogger(__name__)
 
 MASKED_EDIT, DIRECTIONAL_EDIT, INIT_IMAGE_EDIT = "masked edit", "directional edit", "init-image edit"
 EDIT_METHODS = (MASKED_EDIT, DIRECTIONAL_EDIT, INIT_IMAGE_EDIT)
-OFFLINE_CLIP = "shapes-tiny"  # the packaged CLIP, so the app works without a download
-CLIP_CHOICES = (OFFLINE_CLIP, "ViT-B-32:openai", "ViT-B-16:openai", "ViT-L-14:openai", "RN50:openai")
 # The advanced settings: a pipeline call option each, by its label; empty fields are not sent.
 ADVANCED_OPTIONS = {"lr": "Learning rate", "cut_pow": "Cutout size power", "augment": "Cutout augmentation",
                     "clip_scale": "CLIP scale", "tv_scale": "TV scale", "range_scale": "Range scale"}
-RUNS = "pipeline-runs"  # generate and edit share one queue slot (default_concurrency_limit=1): one GPU
+RUNS = "pipeline-runs"  # generate and edit share one concurrency group; RunQueue lets one of them run at a time
 PREVIEWS_PER_RUN = 25  # intermediate images streamed per run; Stop is noticed at the next one
+WAIT_POLL_S = 1.0  # how often a waiting run updates its place in line and notices Stop
+CACHE_CLEANUP_S = 3600  # Gradio's uploads and streamed previews are deleted after an hour
 Pipeline = Any  # a loaded pipeline: pipeline(prompt, **options) -> PipelineOutput, with a `size_factor`
 Outputs = tuple[Any, ...]
 
 
 @dataclass(frozen=True)
 class AppConfig:
-    """Where the app runs and what it accepts."""
+    """Where the app runs, what it accepts and which models it offers: the operator's settings."""
 
     device: str = "auto"
     max_size: int = 512  # largest output side in pixels; bigger photos are scaled down to fit
-    max_upload_pixels: int = 50_000_000  # uploads above this are refused
+    max_steps: int = 1000
+    max_cutn: int = 128
+    max_num_images: int = 4  # images per text-to-image run
+    max_queue: int = 8  # runs waiting behind the running one; more get a "busy" line
+    max_upload_pixels: int = 50_000_000  # uploads above this are refused before they are decoded
     max_upload_bytes: str = "50mb"  # Gradio refuses larger files before they reach the app
+    keep_results: int | None = None  # run folders kept in output_dir (the oldest are removed); None: all
+    keep_results_mb: float | None = None  # and at most this many MB of them
     output_dir: Path = Path(tempfile.gettempdir()) / "clip-guidance-app"
-
+    models: ModelPolicy = field(default_factory=ModelPolicy.build)
 
 # --- inputs ---------------------------------------------------------------------------------------------------
 
@@ -94,8 +107,8 @@ def check_size(text: str | None, max_size: int) -> tuple[int, int] | None:
         return None
     width, height = parse_size(str(text).strip())
     if max(width, height) > max_size:
-        raise InvalidInputError(f"size {width}x{height} is larger than this app allows ({max_size} pixels a side); "
-                                f"use a smaller size or start the app with --max-size {max(width, height)}")
+        raise InvalidInputError(f"size {width}x{height} is larger than this server allows ({max_size} pixels a side); "
+                                "use a smaller size (its operator sets --max-size)")
     return width, height
 
 
@@ -105,45 +118,25 @@ def fit_within(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
-def as_pil(image: Image.Image | np.ndarray) -> Image.Image:
-    """A PIL image from the editor's PIL or numpy value."""
-    return image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+def check_count(value: float | None, what: str, maximum: int, flag: str) -> int:
+    """A whole number from 1 to the server's `maximum` (steps, cutouts, images), whatever the client sent."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or number != int(number) or number < 1:
+        raise InvalidInputError(f"{what} must be a whole number from 1 to {maximum}, got {value!r}")
+    if number > maximum:
+        raise InvalidInputError(f"{int(number)} {what} is over this server's limit of {maximum}; use at most "
+                                f"{maximum} (its operator sets {flag})")
+    return int(number)
 
 
-def editor_photo(editor: dict[str, Any] | None, max_pixels: int) -> Image.Image:
-    """The uploaded photo (the editor's background) as RGB, refused when missing or too large."""
-    background = (editor or {}).get("background")
-    if background is None:
-        raise InvalidInputError("no image to edit; upload a photo into the image editor first")
-    photo = as_pil(background)
-    if photo.width * photo.height > max_pixels:
-        raise InvalidInputError(f"the uploaded image is {photo.width}x{photo.height}, more than the {max_pixels:,} "
-                                "pixels this app accepts; upload a smaller image")
-    if photo.mode in ("RGBA", "LA", "PA") or "transparency" in photo.info:
-        photo = Image.alpha_composite(Image.new("RGBA", photo.size, "white"), photo.convert("RGBA"))
-    return photo.convert("RGB")
-
-
-def editor_mask(editor: dict[str, Any] | None) -> Image.Image | None:
-    """The region painted on the editor's layers as an 'L' mask (255 = change), or None when nothing is painted."""
-    editor = editor or {}
-    background = editor.get("background")
-    layers = [as_pil(layer) for layer in editor.get("layers") or [] if layer is not None]
-    if background is None or not layers:
-        return None
-    size = as_pil(background).size
-    painted = np.zeros(size[::-1], dtype=bool)
-    for layer in layers:
-        alpha = layer.convert("RGBA").getchannel("A")
-        if alpha.size != size:
-            alpha = alpha.resize(size, Image.Resampling.NEAREST)
-        painted |= np.asarray(alpha) > 0
-    return Image.fromarray(painted.astype(np.uint8) * 255) if painted.any() else None
-
-
-def uploaded_mask(path: str | Path) -> Image.Image:
-    """An uploaded mask file (white = change) as an 'L' image."""
-    return tensor_to_pil(load_image(path, mode="L"))  # readable errors for unreadable files and unsupported types
+def check_numbers(options: dict[str, Any]) -> None:
+    """Refuse, in one line, a number option that is not finite (NaN or infinity from an API client)."""
+    for option, value in options.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
+            raise InvalidInputError(f"{option_label(option)} must be a finite number, got {value!r}")
 
 
 # --- the methods: the pipeline registry -----------------------------------------------------------------------
@@ -226,15 +219,11 @@ def check_options(spec: PipelineSpec, accepted: set[str], options: dict[str, Any
     raise InvalidInputError(f"{what} {verb} not apply to {spec.title}; {advice}")
 
 
-def model_picker_settings(spec: PipelineSpec) -> dict[str, Any]:
-    """The model picker for a method: its choices (the packaged model first), that model, and its label."""
-    return {"choices": list(dict.fromkeys([spec.offline_model, *spec.model_choices()])), "value": spec.offline_model,
-            "label": spec.model_label, "info": f"a listed name or any value the CLI's {spec.model_flag} accepts"}
-
-
-def model_picker_update(method: str) -> dict[str, Any]:
-    """The model picker's new choices and value when the method changes."""
-    return gr.update(**model_picker_settings(get_pipeline_spec(method)))
+def model_picker_settings(spec: PipelineSpec, policy: ModelPolicy) -> dict[str, Any]:
+    """The model picker for a method: the models this server offers for it (the shipped one first), and its label."""
+    typed = "; or type a hub-style name" + (" or a model in the operator's folder" if policy.model_dir else "")
+    return {"choices": policy.choices(spec.name), "value": spec.offline_model, "label": spec.model_label,
+            "info": f"the models this server offers{typed if policy.allow_custom else ''}"}
 
 
 def cli_command(spec: PipelineSpec, model: str, clip_models: Sequence[str], prompt: str, options: dict[str, Any],
@@ -282,34 +271,11 @@ class PipelineCache:
         """How many pipelines are loaded."""
         return len(self._pipelines)
 
-
-class StopSignals:
-    """One stop event per browser session, for the run that session has going."""
-
-    def __init__(self) -> None:
-        self._events: dict[str, threading.Event] = {}
-        self._lock = threading.Lock()
-
-    def start(self, session: str) -> threading.Event:
-        """A fresh event for a new run of the session."""
+    def loaded(self) -> list[str]:
+        """The loaded pipelines in words, oldest first, e.g. 'vqgan_clip shapes-tiny (CLIP shapes-tiny) on cpu'."""
         with self._lock:
-            event = self._events[session] = threading.Event()
-            return event
-
-    def stop(self, session: str) -> bool:
-        """Ask the session's run to stop; False when it has none."""
-        with self._lock:
-            event = self._events.get(session)
-        if event is None:
-            return False
-        event.set()
-        return True
-
-    def finish(self, session: str, event: threading.Event) -> None:
-        """Forget the run's event (unless a newer run replaced it)."""
-        with self._lock:
-            if self._events.get(session) is event:
-                del self._events[session]
+            keys = list(self._pipelines)
+        return [f"{name} {model} (CLIP {', '.join(clips)}) on {device}" for name, model, clips, device in keys]
 
 
 @dataclass(frozen=True)
@@ -366,15 +332,17 @@ def slug(text: str, limit: int = 40) -> str:
 
 @dataclass
 class Job:
-    """One request: the loaded pipeline and its spec, the arguments of its call, and files saved beside the result."""
+    """One request: its spec and checked arguments, then (once its turn comes) its loaded pipeline."""
 
     spec: PipelineSpec
-    pipeline: Pipeline
     model: str
     clip_models: tuple[str, ...]
     prompt: str
     options: dict[str, Any]
     folder: Path
+    num_images: int = 1
+    prepare: Callable[[Job], None] | None = None  # finishes the options once the pipeline is loaded
+    pipeline: Pipeline = None
     inputs: list[Path] = field(default_factory=list)
 
     @property
@@ -384,7 +352,7 @@ class Job:
 
     @property
     def steps_expected(self) -> int:
-        """Steps the run will take: all of them, or for diffusion edits the share redone."""
+        """Steps one image takes: all of them, or for diffusion edits the share redone."""
         steps = self.options["steps"]
         strength = self.options.get("edit_strength")
         return max(1, round(steps * strength)) if strength is not None else steps
@@ -405,27 +373,31 @@ def error_message(error: BaseException) -> str:
 
 
 class WebApp:
-    """The handlers behind the page: validate the inputs, run a cached pipeline with previews, save the PNG."""
+    """The handlers behind the page: check the inputs against the operator's limits and models, wait for the
+    turn, run a cached pipeline with previews, save the PNG."""
 
     def __init__(self, config: AppConfig, cache: PipelineCache | None = None):
         self.config = config
         self.device = pick_device(config.device)
         self.cache = cache or PipelineCache()
         self.stops = StopSignals()
+        self.line = RunQueue(config.max_queue)
 
     def generate(self, prompt: str, negative: str, method: str, model: str, clip_models: list[str], size: str,
-                 steps: float, cutn: float, seed: float | None, random_seed: bool, lr: float | None,
-                 cut_pow: float | None, augment: str | None, clip_scale: float | None, tv_scale: float | None,
-                 range_scale: float | None, precision: str, results: list[str] | None,
+                 steps: float, cutn: float, num_images: float, seed: float | None, random_seed: bool,
+                 lr: float | None, cut_pow: float | None, augment: str | None, clip_scale: float | None,
+                 tv_scale: float | None, range_scale: float | None, precision: str, results: list[str] | None,
                  request: gr.Request | None = None, progress: gr.Progress = gr.Progress()) -> Iterator[Outputs]:
-        """Text to image: stream previews, then the result in the gallery and as a download."""
+        """Text to image: stream previews, then the results in the gallery and as downloads."""
         def job() -> Job:
             text = merge_negative_prompt(check_prompt(prompt), negative)
-            options = {"size": check_size(size, self.config.max_size), "steps": int(steps), "cutn": int(cutn),
+            options = {"size": check_size(size, self.config.max_size), **self._counts(steps, cutn),
                        "seed": seed_of(seed, random_seed), "lr": lr, "cut_pow": cut_pow, "augment": augment,
                        "clip_scale": clip_scale, "tv_scale": tv_scale, "range_scale": range_scale,
                        "precision": precision}
-            return self._job(method, model, clip_models, text, options)
+            built = self._job(method, model, clip_models, text, options)
+            built.num_images = check_count(num_images, "images", self.config.max_num_images, "--max-num-images")
+            return built
 
         yield from self._serve(job, results, request, progress)
 
@@ -436,59 +408,101 @@ class WebApp:
              results: list[str] | None, request: gr.Request | None = None,
              progress: gr.Progress = gr.Progress()) -> Iterator[Outputs]:
         """Edit an uploaded photo: the painted (or uploaded) mask, a directional edit, or an init-image edit."""
+        max_pixels = self.config.max_upload_pixels
+
         def job() -> Job:
             if edit_method not in EDIT_METHODS:
                 raise InvalidInputError(f"unknown edit method {edit_method!r}; choose one of {', '.join(EDIT_METHODS)}")
             text = check_prompt(target, "target text")
-            photo = editor_photo(editor, self.config.max_upload_pixels)
+            counts = self._counts(steps, cutn)
+            check_numbers({"edit_strength": edit_strength})
+            photo = editor_photo(editor, max_pixels)
             mask = None
             if edit_method == MASKED_EDIT:
-                mask = uploaded_mask(mask_file) if mask_file else editor_mask(editor)
+                mask = (uploaded_mask(mask_file, photo.size, max_pixels) if mask_file
+                        else editor_mask(editor, photo.size, max_pixels))
                 if mask is None:
                     raise InvalidInputError("a masked edit changes the painted region; paint it with the brush "
                                             "or upload a mask (white = change)")
             if edit_method == DIRECTIONAL_EDIT and not (source and source.strip()):
                 raise InvalidInputError("a directional edit needs a source text describing the photo, "
                                         "e.g. 'a red circle'")
-            options = {"steps": int(steps), "cutn": int(cutn), "seed": seed_of(seed, random_seed), "lr": lr,
-                       "cut_pow": cut_pow, "augment": augment, "clip_scale": clip_scale, "tv_scale": tv_scale,
+            options = {**counts, "seed": seed_of(seed, random_seed), "lr": lr, "cut_pow": cut_pow,
+                       "augment": augment, "clip_scale": clip_scale, "tv_scale": tv_scale,
                        "range_scale": range_scale, "precision": precision,
                        "source_text": source.strip() if edit_method == DIRECTIONAL_EDIT else None,
                        "init_image": photo, "mask": mask}  # the images become files once the size is known
+
+            def prepare(built: Job) -> None:
+                if "edit_strength" in built.accepted:
+                    built.options["edit_strength"] = edit_strength
+                size = round_size(fit_within(photo.size, self.config.max_size), built.pipeline.size_factor,
+                                  built.model)
+                built.options["size"] = size
+                built.options["init_image"] = self._save_input(built, photo.resize(size, Image.Resampling.LANCZOS),
+                                                               "init")
+                if mask is not None:
+                    built.options["mask"] = self._save_input(built, mask.resize(size, Image.Resampling.NEAREST),
+                                                             "mask")
+
             built = self._job(method, model, clip_models, text, options)
-            if "edit_strength" in built.accepted:
-                built.options["edit_strength"] = edit_strength
-            size = round_size(fit_within(photo.size, self.config.max_size), built.pipeline.size_factor, built.model)
-            built.options["size"] = size
-            built.options["init_image"] = self._save_input(built, photo.resize(size, Image.Resampling.LANCZOS), "init")
-            if mask is not None:
-                built.options["mask"] = self._save_input(built, mask.resize(size, Image.Resampling.NEAREST), "mask")
+            built.prepare = prepare
             return built
 
         yield from self._serve(job, results, request, progress)
 
     def stop(self, request: gr.Request | None = None) -> None:
-        """Stop this session's running request; it ends at its next preview and keeps its last image."""
+        """Stop this session's request (running or waiting); a run ends at its next preview, keeping its image."""
         self.stops.stop(session_of(request))
+
+    def model_picker_update(self, method: str) -> dict[str, Any]:
+        """The model picker's new choices and value when the method changes."""
+        return gr.update(**model_picker_settings(get_pipeline_spec(method), self.config.models))
+
+    def health(self) -> dict[str, Any]:
+        """For operators and monitors: the device, the run going, the line behind it, and the models loaded."""
+        return {"status": "ok", "device": str(self.device), "running": self.line.running,
+                "waiting": self.line.waiting, "max_queue": self.config.max_queue, "models_loaded": self.cache.loaded()}
+
+    def status_line(self) -> str:
+        """The health in one line for the page."""
+        state = self.health()
+        running = "a run going" if state["running"] else "idle"
+        models = "; ".join(state["models_loaded"]) or "none yet"
+        return (f"Server: {state['device']}, {running}, {state['waiting']} of at most {state['max_queue']} runs "
+                f"waiting. Models loaded: {models}.")
 
     # --- internals --------------------------------------------------------------------------------------------
 
+    def _counts(self, steps: float, cutn: float) -> dict[str, int]:
+        """Steps and cutouts, within the server's limits."""
+        return {"steps": check_count(steps, "steps", self.config.max_steps, "--max-steps"),
+                "cutn": check_count(cutn, "cutouts", self.config.max_cutn, "--max-cutn")}
+
     def _job(self, method: str, model: str | None, clip_models: list[str] | None, prompt: str,
              options: dict[str, Any]) -> Job:
-        """A job on the method's loaded pipeline with the options that are set; refuses any its call does not take."""
+        """A job for the method with the options that are set, its models checked against the server's list
+        (nothing is loaded yet)."""
         spec = get_pipeline_spec(method)
+        policy = self.config.models
         model = (model or "").strip()
         if not model:
             raise InvalidInputError(f"no {spec.model_label} chosen; pick one, e.g. {spec.offline_model}")
         clips = tuple(clip.strip() for clip in clip_models or [] if clip and clip.strip())
         if not clips:
-            raise InvalidInputError(f"no CLIP model chosen; pick at least one, e.g. {OFFLINE_CLIP}")
-        pipeline = self.cache.get(method, model, clips, self.device)
+            raise InvalidInputError(f"no CLIP model chosen; pick at least one, e.g. {policy.choices(CLIP_KIND)[0]}")
+        model = policy.check_model(spec.name, model, spec.model_label)
+        clips = tuple(policy.check_clip(clip) for clip in clips)
         chosen = {key: value for key, value in options.items() if value is not None and value != ""}
-        folder = self.config.output_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        job = Job(spec, pipeline, model, clips, prompt, chosen, folder)
-        check_options(spec, job.accepted, chosen)
-        return job
+        check_numbers(chosen)
+        return Job(spec, model, clips, prompt, chosen, new_run_folder(self.config.output_dir))
+
+    def _load(self, job: Job) -> None:
+        """Load the job's pipeline (cached); refuse options its call does not take; finish the options."""
+        job.pipeline = self.cache.get(job.spec.name, job.model, job.clip_models, self.device)
+        check_options(job.spec, job.accepted, job.options)
+        if job.prepare is not None:
+            job.prepare(job)
 
     def _save_input(self, job: Job, image: Image.Image, name: str) -> Path:
         """Save an edit's input beside the result (so the recipe's command finds it) and return its path."""
@@ -500,50 +514,82 @@ class WebApp:
 
     def _serve(self, make_job: Callable[[], Job], results: list[str] | None, request: gr.Request | None,
                progress: gr.Progress) -> Iterator[Outputs]:
-        """Run a request with readable errors: a failure shows one line in the page and the app keeps serving."""
+        """Run a request with readable errors: inputs are checked before it joins the line; a failure shows one
+        line in the page and the app keeps serving."""
         session = session_of(request)
         stop = self.stops.start(session)
+        ticket = None
         try:
-            yield outputs(status="Loading the models…")
             job = make_job()
+            ticket = self.line.join()
+            yield from self._wait_turn(ticket, stop)
+            if stop.is_set():
+                yield outputs(status="Stopped before it started.")
+                return
+            yield outputs(status="Loading the models…")
+            self._load(job)
             yield from self._execute(job, list(results or []), stop, progress)
         except Exception as error:
             message = error_message(error)
             yield outputs(status=f"**Error:** {html.escape(message, quote=False)}")
             raise gr.Error(html.escape(message, quote=False), print_exception=False) from None
         finally:
+            if ticket is not None:
+                self.line.leave(ticket)
             self.stops.finish(session, stop)
 
-    def _execute(self, job: Job, results: list[str], stop: threading.Event, progress: gr.Progress) -> Iterator[Outputs]:
-        """Run the job, streaming previews; save the result (also when stopped) with its recipe."""
-        pipeline = job.pipeline
-        total = job.steps_expected
-        save_every = max(1, job.options["steps"] // PREVIEWS_PER_RUN)
-        seed = job.options["seed"]
-        yield outputs(status=f"Running {job.spec.title} on {self.device} (seed {seed})…", seed=seed)
-        output = None
-        for event in stream_pipeline(lambda callback: pipeline(job.prompt, **job.options, save_every=save_every,
-                                                               callback=callback, progress=False), stop):
-            if isinstance(event, Preview):
-                progress((min(event.step, total), total), desc="steps")
-                yield outputs(preview=event.image, status=f"Step {event.step} of {total}…")
-            else:
-                output = event
-        path = self._save_result(job, output)
-        results.insert(0, str(path))
-        recipe = output.recipe
-        state = (f"Stopped after {recipe['steps_done']} steps; the last image is kept." if stop.is_set()
-                 else f"Done: {recipe['steps_done']} steps.")
-        status = (f"{state} {recipe['size']}, seed {recipe['seed']}, {recipe['seconds']} s. "
-                  f"The download is the PNG with its recipe: `{path.name}`")
-        files = [str(path), *map(str, job.inputs)]
-        yield outputs(preview=output.images[0], status=status, gallery=results, files=files, results=results)
+    def _wait_turn(self, ticket: object, stop: threading.Event) -> Iterator[Outputs]:
+        """Wait for the ticket's turn (or Stop), showing how many runs are ahead."""
+        ahead, shown = self.line.wait(ticket, 0), None
+        while ahead and not stop.is_set():
+            if ahead != shown:
+                yield outputs(status=f"Waiting for the server: {ahead} run{'s' if ahead > 1 else ''} ahead…")
+                shown = ahead
+            ahead = self.line.wait(ticket, WAIT_POLL_S)
 
-    def _save_result(self, job: Job, output: Any) -> Path:
-        """Save the result PNG with the pipeline's recipe and the CLI command that reproduces it."""
+    def _execute(self, job: Job, results: list[str], stop: threading.Event, progress: gr.Progress) -> Iterator[Outputs]:
+        """Run the job once per image (consecutive seeds), streaming previews; save each result (also when
+        stopped) with its recipe."""
+        pipeline, per_image = job.pipeline, job.steps_expected
+        total = per_image * job.num_images
+        save_every = max(1, job.options["steps"] // PREVIEWS_PER_RUN)
+        yield outputs(status=f"Running {job.spec.title} on {self.device} (seed {job.options['seed']})…",
+                      seed=job.options["seed"])
+        files: list[str] = []
+        for index in range(job.num_images):
+            options = {**job.options, "seed": job.options["seed"] + index}
+            output, done = None, index * per_image
+            for event in stream_pipeline(lambda callback: pipeline(job.prompt, **options, save_every=save_every,
+                                                                   callback=callback, progress=False), stop):
+                if isinstance(event, Preview):
+                    progress((min(done + event.step, total), total), desc="steps")
+                    yield outputs(preview=event.image, status=f"Step {done + min(event.step, per_image)} of {total}…")
+                else:
+                    output = event
+            path = self._save_result(job, options, output)
+            results.insert(0, str(path))
+            files.append(str(path))
+            if stop.is_set():
+                break
+        results[:] = [result for result in results if Path(result).is_file()]  # older ones may have been removed
+        recipe = output.recipe
+        count = f"{len(files)} images, {recipe['steps_done']} steps each" if len(files) > 1 else \
+            f"{recipe['steps_done']} steps"
+        state = (f"Stopped after {recipe['steps_done']} steps; the last image is kept." if stop.is_set()
+                 else f"Done: {count}.")
+        status = (f"{state} {recipe['size']}, seed {recipe['seed']}, {recipe['seconds']} s. "
+                  f"The download is the PNG with its recipe: `{Path(files[-1]).name}`")
+        yield outputs(preview=output.images[0], status=status, gallery=results,
+                      files=[*files, *map(str, job.inputs)], results=results)
+
+    def _save_result(self, job: Job, options: dict[str, Any], output: Any) -> Path:
+        """Save the result PNG with the pipeline's recipe and the CLI command that reproduces it; then remove the
+        oldest results beyond the server's limits."""
         name = f"{slug(parse_prompts(job.prompt)[0].text)}-{output.recipe['seed']}.png"
-        command = cli_command(job.spec, job.model, job.clip_models, job.prompt, job.options, name)
-        return save_png(output.images[0], job.folder / name, {**output.recipe, "command": command})
+        command = cli_command(job.spec, job.model, job.clip_models, job.prompt, options, name)
+        path = save_png(output.images[0], job.folder / name, {**output.recipe, "command": command})
+        prune_results(self.config.output_dir, self.config.keep_results, self.config.keep_results_mb)
+        return path
 
 
 def seed_of(seed: float | None, random_seed: bool) -> int:
@@ -621,21 +667,45 @@ class RunPanel:
         self.stop.click(app.stop, None, None, queue=False)
 
 
-def clip_picker() -> gr.Dropdown:
-    """The CLIP models, shared by both tabs (any spec the CLIs accept may be typed)."""
-    return gr.Dropdown(list(CLIP_CHOICES), value=[OFFLINE_CLIP], multiselect=True, label="CLIP models",
-                       allow_custom_value=True, info="NAME[:PRETRAINED][:WEIGHT]", elem_id="clip-models")
+class ModelPicker(gr.Dropdown):
+    """A dropdown whose value reaches the handler unchecked, which checks it against the server's model list
+    (Gradio's own check knows only the first method's choices, and would refuse an API client's valid pick)."""
+
+    is_template = True  # the page draws it as Gradio's Dropdown
+
+    def preprocess(self, payload: Any) -> Any:
+        """The picked value(s) as sent."""
+        return payload
 
 
-def method_picker(tab: str, label: str) -> list[gr.components.Component]:
+def clip_picker(policy: ModelPolicy) -> gr.Dropdown:
+    """The CLIP models this server offers, shared by both tabs (free specs only with --allow-custom-models)."""
+    choices = policy.choices(CLIP_KIND)
+    typed = "; or type NAME[:PRETRAINED][:WEIGHT]" if policy.allow_custom else ""
+    return ModelPicker(choices, value=choices[:1], multiselect=True, label="CLIP models",
+                       allow_custom_value=policy.allow_custom, info=f"the CLIP models this server offers{typed}",
+                       elem_id="clip-models")
+
+
+def method_picker(app: WebApp, tab: str, label: str) -> list[gr.components.Component]:
     """The method (the registered pipelines) and one model picker whose choices follow it."""
     choices = method_choices()
+    policy = app.config.models
     with gr.Row():
         method = gr.Radio(choices, value=choices[0][1], label=label, elem_id=f"{tab}-method")
-        model = gr.Dropdown(**model_picker_settings(get_pipeline_spec(choices[0][1])), allow_custom_value=True,
-                            elem_id=f"{tab}-model")
-    method.change(model_picker_update, method, model, queue=False)
+        model = ModelPicker(**model_picker_settings(get_pipeline_spec(choices[0][1]), policy),
+                            allow_custom_value=policy.allow_custom, elem_id=f"{tab}-model")
+    method.change(app.model_picker_update, method, model, queue=False)
     return [method, model]
+
+
+def count_sliders(config: AppConfig, tab: str, steps: int) -> list[gr.Slider]:
+    """Steps and cutouts, up to the server's limits (which the handlers enforce whatever a client sends)."""
+    prefix = "" if tab == "generate" else f"{tab}-"
+    return [gr.Slider(1, config.max_steps, value=min(steps, config.max_steps), step=1, label="Steps",
+                      elem_id=f"{prefix}steps"),
+            gr.Slider(1, config.max_cutn, value=min(16, config.max_cutn), step=1, label="Cutouts",
+                      elem_id=f"{prefix}cutn")]
 
 
 def text_to_image_tab(app: WebApp, clip_models: gr.Dropdown) -> None:
@@ -647,40 +717,41 @@ def text_to_image_tab(app: WebApp, clip_models: gr.Dropdown) -> None:
                                 info="'text:weight' items joined by '|'; a negative weight pushes away")
             negative = gr.Textbox(label="Negative prompt", elem_id="negative", placeholder="blurry | text",
                                   info="what to avoid; each '|' item is added with weight -1")
-            method = method_picker("generate", "Method")
+            method = method_picker(app, "generate", "Method")
             with gr.Row():
                 size = gr.Textbox("64", label="Size", info="WIDTH or WIDTHxHEIGHT; empty: the default", elem_id="size")
-                steps = gr.Slider(1, 1000, value=60, step=1, label="Steps", elem_id="steps")
-                cutn = gr.Slider(1, 128, value=16, step=1, label="Cutouts", elem_id="cutn")
+                counts = count_sliders(app.config, "generate", 60)
+                num_images = gr.Slider(1, app.config.max_num_images, value=1, step=1, label="Images",
+                                       info="one run each, on consecutive seeds", elem_id="num-images",
+                                       visible=app.config.max_num_images > 1)
             seed = seed_controls("generate")
             advanced = advanced_settings("generate")
             panel = RunPanel("generate", "Generate")
         with gr.Column():
             panel.place_outputs()
-    panel.connect(app, app.generate, [prompt, negative, *method, clip_models, size, steps, cutn, *seed, *advanced],
-                  seed[0])
+    panel.connect(app, app.generate, [prompt, negative, *method, clip_models, size, *counts, num_images, *seed,
+                                      *advanced], seed[0])
 
 
 def edit_tab(app: WebApp, clip_models: gr.Dropdown) -> None:
     """The edit tab: a photo with a brush for the mask (or an uploaded mask), texts, method and generator."""
     with gr.Tab("Edit an image"), gr.Row():
         with gr.Column():
-            editor = gr.ImageEditor(label="Photo: paint the region to change", type="pil", image_mode="RGBA",
-                                    sources=["upload", "clipboard"], transforms=["crop"], layers=False,
-                                    brush=gr.Brush(colors=[("#ff00ff", 0.55)], color_mode="fixed"),
-                                    elem_id="editor", height=420)
-            mask_file = gr.File(label="Or upload a mask (white = change)", file_types=["image"], type="filepath",
-                                elem_id="mask-file")
+            editor = UploadEditor(label="Photo: paint the region to change", image_mode="RGBA",
+                                  sources=["upload", "clipboard"], transforms=["crop"], layers=False,
+                                  brush=gr.Brush(colors=[("#ff00ff", 0.55)], color_mode="fixed"),
+                                  elem_id="editor", height=420)
+            mask_file = gr.File(label="Or upload a mask (white = change, the photo's size)", file_types=["image"],
+                                type="filepath", elem_id="mask-file")
             target = gr.Textbox(label="Target text", elem_id="target", placeholder="a blue circle")
             source = gr.Textbox(label="Source text (directional edit)", elem_id="source", placeholder="a red circle")
             edit_method = gr.Radio(list(EDIT_METHODS), value=MASKED_EDIT, label="Edit",
                                    info="masked: only the painted region changes; directional: from the source "
                                         "text to the target; init-image: start from the photo")
-            method = method_picker("edit", "Generator")
+            method = method_picker(app, "edit", "Generator")
             strength_users = methods_taking("edit_strength")
             with gr.Row():
-                steps = gr.Slider(1, 1000, value=40, step=1, label="Steps", elem_id="edit-steps")
-                cutn = gr.Slider(1, 128, value=16, step=1, label="Cutouts", elem_id="edit-cutn")
+                counts = count_sliders(app.config, "edit", 40)
                 strength = gr.Slider(0.05, 1.0, value=next(iter(strength_users.values()), None), step=0.05,
                                      label=f"Edit strength ({', '.join(strength_users)})", elem_id="edit-strength",
                                      visible=bool(strength_users))
@@ -689,20 +760,36 @@ def edit_tab(app: WebApp, clip_models: gr.Dropdown) -> None:
             panel = RunPanel("edit", "Edit")
         with gr.Column():
             panel.place_outputs()
-    panel.connect(app, app.edit, [editor, mask_file, target, source, edit_method, *method, clip_models, steps, cutn,
+    panel.connect(app, app.edit, [editor, mask_file, target, source, edit_method, *method, clip_models, *counts,
                                   strength, *seed, *advanced], seed[0])
 
 
 def build_app(config: AppConfig | None = None, cache: PipelineCache | None = None) -> gr.Blocks:
-    """The page: the shared CLIP picker, a text-to-image tab and an edit tab, queued one request at a time."""
+    """The page: a server status line, the shared CLIP picker, a text-to-image tab and an edit tab; one run at a
+    time with a bounded line behind it; a `health` API endpoint."""
     app = WebApp(config or AppConfig(), cache)
-    with gr.Blocks(title="CLIP guidance toolkit") as blocks:
-        gr.Markdown("# CLIP guidance toolkit\nGenerate and edit images guided by CLIP. Each method's first model "
-                    f"and the `{OFFLINE_CLIP}` CLIP ship with the package and work offline; others download once.")
-        clip_models = clip_picker()
+    with gr.Blocks(title="CLIP guidance toolkit", delete_cache=(CACHE_CLEANUP_S, CACHE_CLEANUP_S)) as blocks:
+        gr.Markdown("# CLIP guidance toolkit\nGenerate and edit images guided by CLIP with the models this server "
+                    "offers.")
+        with gr.Row():
+            status = gr.Markdown("", elem_id="server-status")
+            refresh = gr.Button("Refresh", size="sm", scale=0, elem_id="server-status-refresh")
+        clip_models = clip_picker(app.config.models)
         text_to_image_tab(app, clip_models)
         edit_tab(app, clip_models)
-    return blocks.queue(default_concurrency_limit=1)
+        blocks.load(app.status_line, None, status, queue=False)
+        refresh.click(app.status_line, None, status, queue=False)
+        gr.api(app.health, api_name="health", queue=False)
+    # Runs that reach the handlers: the running one, the waiting line, and one more to hear "busy" at once.
+    return blocks.queue(default_concurrency_limit=app.config.max_queue + 2)
+
+
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -710,25 +797,69 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m apps.gradio_app", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     defaults = AppConfig()
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    parser.add_argument("--port", type=int, default=7860, help="port to listen on")
-    parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
-    parser.add_argument("--device", default=defaults.device, help="cpu, cuda, cuda:N, mps or auto")
-    parser.add_argument("--max-size", type=int, default=defaults.max_size,
+    serving = parser.add_argument_group("serving")
+    serving.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    serving.add_argument("--port", type=int, default=7860, help="port to listen on")
+    serving.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    serving.add_argument("--auth", action="append", default=[], metavar="USER:PASS",
+                         help="a login (repeatable); Gradio asks for one before the page opens")
+    serving.add_argument("--auth-file", type=Path, default=None, help="a text file of USER:PASS lines")
+    serving.add_argument("--max-queue", type=int, default=defaults.max_queue,
+                         help="runs that may wait behind the running one; more get a 'busy' message")
+    serving.add_argument("--device", default=defaults.device, help="cpu, cuda, cuda:N, mps or auto")
+    models = parser.add_argument_group("models")
+    models.add_argument("--models", action="append", default=[], metavar="FILE|KIND=NAME,...",
+                        help="models visitors may pick besides the shipped ones: a file of KIND=NAME[,NAME...] lines, "
+                             "or one such entry (repeatable); KIND is a pipeline name or 'clip'")
+    models.add_argument("--allow-custom-models", action="store_true",
+                        help="let visitors type other model names: hub-style names, or names inside --model-dir")
+    models.add_argument("--model-dir", type=Path, default=None,
+                        help="the one folder whose files and folders typed model names may name")
+    limits = parser.add_argument_group("limits (enforced whatever a client sends)")
+    limits.add_argument("--max-size", type=int, default=defaults.max_size,
                         help="largest output side in pixels; bigger photos are scaled down to fit")
-    parser.add_argument("--output-dir", type=Path, default=defaults.output_dir, help="where results are saved")
+    limits.add_argument("--max-steps", type=positive, default=defaults.max_steps, help="most steps a run may take")
+    limits.add_argument("--max-cutn", type=positive, default=defaults.max_cutn, help="most cutouts a run may use")
+    limits.add_argument("--max-num-images", type=positive, default=defaults.max_num_images,
+                        help="most images one text-to-image request may make")
+    limits.add_argument("--max-upload-pixels", type=positive, default=defaults.max_upload_pixels,
+                        help="uploads with more pixels are refused before they are decoded")
+    results = parser.add_argument_group("results")
+    results.add_argument("--output-dir", type=Path, default=defaults.output_dir, help="where results are saved")
+    results.add_argument("--keep-results", type=positive, default=None,
+                         help="keep only the newest N runs' results (the oldest are removed); default: all")
+    results.add_argument("--keep-results-mb", type=float, default=None,
+                         help="keep at most this many MB of results (the oldest are removed)")
     return parser
+
+
+def config_from(args: argparse.Namespace) -> AppConfig:
+    """The app's settings from the command line, refused in one line when they make no sense."""
+    if args.max_size < 16:
+        raise InvalidInputError(f"--max-size must be at least 16, got {args.max_size}")
+    if args.max_queue < 0:
+        raise InvalidInputError(f"--max-queue must be 0 or more, got {args.max_queue}")
+    if args.keep_results_mb is not None and not args.keep_results_mb > 0:
+        raise InvalidInputError(f"--keep-results-mb must be more than 0, got {args.keep_results_mb}")
+    policy = ModelPolicy.build(read_model_lists(args.models), args.allow_custom_models, args.model_dir)
+    return AppConfig(device=args.device, max_size=args.max_size, max_steps=args.max_steps, max_cutn=args.max_cutn,
+                     max_num_images=args.max_num_images, max_queue=args.max_queue,
+                     max_upload_pixels=args.max_upload_pixels, keep_results=args.keep_results,
+                     keep_results_mb=args.keep_results_mb, output_dir=args.output_dir.expanduser().resolve(),
+                     models=policy)
 
 
 def main(argv: list[str]) -> int:
     """Start the web app; returns the exit code when it stops."""
     args = build_parser().parse_args(argv)
-    if args.max_size < 16:
-        raise InvalidInputError(f"--max-size must be at least 16, got {args.max_size}")
-    config = AppConfig(device=args.device, max_size=args.max_size, output_dir=args.output_dir.expanduser().resolve())
+    config = config_from(args)
+    credentials = read_credentials(args.auth, args.auth_file)
+    warning = exposure_warning(args.host, args.share, credentials)
+    if warning:
+        print(warning, file=sys.stderr)
     app = build_app(config)
     try:
-        app.launch(server_name=args.host, server_port=args.port, share=args.share,
+        app.launch(server_name=args.host, server_port=args.port, share=args.share, auth=credentials or None,
                    max_file_size=config.max_upload_bytes, allowed_paths=[str(config.output_dir)])
     except OSError as error:  # port taken, address not available
         raise ToolkitError(f"cannot serve on {args.host}:{args.port} ({str(error).splitlines()[0]}); "

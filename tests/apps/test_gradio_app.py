@@ -15,8 +15,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from apps.gradio_app import (DIRECTIONAL_EDIT, INIT_IMAGE_EDIT, MASKED_EDIT, RUNS, AppConfig, PipelineCache, Preview,
-                             WebApp, build_app, build_parser, check_size, editor_mask, editor_photo, error_message,
-                             main, merge_negative_prompt, model_picker_update, seed_of, stream_pipeline, uploaded_mask)
+                             WebApp, build_app, build_parser, check_size, error_message, main, merge_negative_prompt,
+                             seed_of, stream_pipeline)
+from apps.model_policy import ModelPolicy
 from guidance.errors import InvalidInputError
 from guidance.images import read_recipe
 from guidance.prompts import parse_prompts
@@ -28,13 +29,15 @@ from pipelines.vqgan_clip import VQGANCLIPPipeline
 
 PREVIEW, STATUS, GALLERY, FILES, SEED, RESULTS = range(6)
 VQGAN_CLIP, PIXELS_CLIP, DIFFUSION = "vqgan_clip", "pixels_clip", "clip_guided_diffusion"  # registry names
+PIXELS_RGB = ModelPolicy.build({PIXELS_CLIP: ["rgb"]})  # the shipped models and Pixels-CLIP's raw-RGB form
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory) -> WebApp:
     """The handlers on CPU with a shared model cache (each method's tiny models load once for the module)."""
     return WebApp(AppConfig(device="cpu", max_size=128, max_upload_pixels=128 * 128,
-                            output_dir=tmp_path_factory.mktemp("app-results")), PipelineCache(capacity=3))
+                            output_dir=tmp_path_factory.mktemp("app-results"), models=PIXELS_RGB),
+                  PipelineCache(capacity=3))
 
 
 def session(name: str = "test") -> SimpleNamespace:
@@ -45,7 +48,7 @@ def session(name: str = "test") -> SimpleNamespace:
 def generate(app: WebApp, prompt: str = "a red circle", request: Any = None, **overrides: Any):
     """The text-to-image handler with tiny settings on the shapes-tiny models (a generator of outputs)."""
     args = dict(prompt=prompt, negative="", method=VQGAN_CLIP, model="shapes-tiny", clip_models=["shapes-tiny"],
-                size="64", steps=4, cutn=4, seed=3, random_seed=False, lr=None, cut_pow=None, augment=None,
+                size="64", steps=4, cutn=4, num_images=1, seed=3, random_seed=False, lr=None, cut_pow=None, augment=None,
                 clip_scale=None, tv_scale=None, range_scale=None, precision="fp32", results=[])
     return app.generate(**{**args, **overrides}, request=request or session())
 
@@ -76,14 +79,20 @@ def error_of(handler) -> tuple[str, list[tuple]]:
     return caught.value.message, seen
 
 
-def photo_editor(painted: tuple[int, int, int, int] | None = (8, 8, 24, 24), size: int = 48) -> dict[str, Any]:
-    """An ImageEditor value: a red disc on grey, and a layer with the painted box (RGBA, alpha = paint)."""
+def photo_editor(folder: Path, painted: tuple[int, int, int, int] | None = (8, 8, 24, 24),
+                 size: int = 48) -> dict[str, Any]:
+    """An ImageEditor value as the page hands it over: files of a red disc on grey and of a layer with the
+    painted box (RGBA, alpha = paint)."""
     background = Image.new("RGBA", (size, size), (128, 128, 128, 255))
     ImageDraw.Draw(background).ellipse((size // 4, size // 4, 3 * size // 4, 3 * size // 4), fill=(220, 30, 30, 255))
     layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
     if painted:
         ImageDraw.Draw(layer).rectangle(painted, fill=(255, 48, 48, 255))
-    return {"background": background, "layers": [layer], "composite": background}
+    folder.mkdir(parents=True, exist_ok=True)
+    background.save(folder / "photo.png")
+    layer.save(folder / "layer.png")
+    return {"background": str(folder / "photo.png"), "layers": [str(folder / "layer.png")],
+            "composite": str(folder / "photo.png")}
 
 
 # --- inputs ---------------------------------------------------------------------------------------------------
@@ -103,55 +112,10 @@ def test_negative_prompt_keeps_stops_and_may_be_empty():
         merge_negative_prompt("a red circle", "blue||green")
 
 
-def test_mask_is_the_painted_area_of_the_layers():
-    mask = editor_mask(photo_editor(painted=(8, 4, 23, 11)))
-    expected = np.zeros((48, 48), dtype=bool)
-    expected[4:12, 8:24] = True
-    assert mask.mode == "L" and mask.size == (48, 48)
-    assert np.array_equal(np.asarray(mask) == 255, expected)
-
-
-def test_mask_joins_layers_of_any_size_and_numpy_values():
-    editor = photo_editor(painted=(0, 0, 5, 5))
-    small = np.zeros((24, 24, 4), dtype=np.uint8)
-    small[12:, 12:, 3] = 200  # the bottom-right quarter, at half the canvas size
-    editor["layers"].append(small)
-    painted = np.asarray(editor_mask(editor)) > 0
-    assert painted[:6, :6].all() and painted[24:, 24:].all() and not painted[10:20, 10:20].any()
-
-
-def test_no_paint_gives_no_mask():
-    assert editor_mask(photo_editor(painted=None)) is None
-    assert editor_mask({"background": None, "layers": [], "composite": None}) is None
-    assert editor_mask(None) is None
-
-
-def test_photo_is_flattened_on_white():
-    background = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
-    photo = editor_photo({"background": background, "layers": [], "composite": None}, max_pixels=100)
-    assert photo.mode == "RGB" and photo.getpixel((0, 0)) == (255, 255, 255)
-
-
-def test_missing_and_oversized_uploads_are_refused_in_one_line():
-    with pytest.raises(InvalidInputError, match="upload a photo"):
-        editor_photo({"background": None, "layers": [], "composite": None}, max_pixels=100)
-    with pytest.raises(InvalidInputError, match=r"48x48, more than the 1,000 pixels this app accepts"):
-        editor_photo(photo_editor(), max_pixels=1000)
-
-
-def test_unsupported_mask_file_is_refused(tmp_path):
-    text = tmp_path / "notes.txt"
-    text.write_text("not an image")
-    with pytest.raises(InvalidInputError, match="use a PNG, JPEG or WebP"):
-        uploaded_mask(text)
-    Image.new("L", (8, 8), 255).save(tmp_path / "mask.png")
-    assert np.asarray(uploaded_mask(tmp_path / "mask.png")).min() == 255
-
-
 def test_sizes_above_the_limit_are_refused():
     assert check_size("", 128) is None
     assert check_size("96x64", 128) == (96, 64)
-    with pytest.raises(InvalidInputError, match="--max-size 256"):
+    with pytest.raises(InvalidInputError, match="larger than this server allows .128 pixels a side.; use a smaller size"):
         check_size("256", 128)
     with pytest.raises(InvalidInputError, match="WIDTHxHEIGHT"):
         check_size("big", 128)
@@ -289,12 +253,16 @@ def test_stop_of_another_session_does_not_touch_a_run(app):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"prompt": "   "}, "the prompt is empty"),
-    ({"size": "512"}, "larger than this app allows"),
+    ({"size": "512"}, "larger than this server allows"),
     ({"prompt": "a red circle:"}, "empty weight"),
     ({"clip_models": []}, "no CLIP model chosen"),
-    ({"model": "no-such-vqgan"}, "unknown VQGAN 'no-such-vqgan'"),
+    ({"model": "no-such-vqgan"}, "VQGAN 'no-such-vqgan' is not offered by this server; pick one of shapes-tiny"),
     ({"model": " "}, "no VQGAN chosen; pick one, e.g. shapes-tiny"),
-    ({"method": DIFFUSION, "model": "./no-such-model"}, "diffusion model './no-such-model' is neither a folder"),
+    ({"steps": 5000}, "5000 steps is over this server's limit of 1000; use at most 1000 (its operator sets --max-steps)"),
+    ({"cutn": 129}, "129 cutouts is over this server's limit of 128"),
+    ({"num_images": 9}, "9 images is over this server's limit of 4"),
+    ({"steps": 0.5}, "steps must be a whole number from 1 to 1000, got 0.5"),
+    ({"lr": float("nan")}, "learning rate must be a finite number, got nan"),
     ({"method": "no-such-method"}, "unknown pipeline 'no-such-method'"),
     ({"precision": "fp16"}, "fp16 needs a GPU"),
 ])
@@ -305,8 +273,11 @@ def test_bad_input_shows_one_line_and_the_app_keeps_serving(app, overrides, mess
     assert "Done" in last_outputs(generate(app, steps=1))[STATUS]
 
 
-def test_missing_weights_report_how_to_get_them(app):
-    error, _ = error_of(generate(app, method=DIFFUSION, model="./no-such-model"))
+def test_missing_weights_of_a_listed_model_report_how_to_get_them(app):
+    listing = WebApp(AppConfig(device="cpu", output_dir=app.config.output_dir,
+                               models=ModelPolicy.build({DIFFUSION: ["./no-such-model"]})), app.cache)
+    error, _ = error_of(generate(listing, method=DIFFUSION, model="./no-such-model"))
+    assert "diffusion model './no-such-model' is neither a folder" in error
     assert "pass a local diffusers folder instead: --model path/to/folder" in error
 
 
@@ -330,9 +301,10 @@ def test_method_lists_are_the_registry_titles_and_the_model_picker_follows(tmp_p
         first = get_pipeline_spec(pipeline_names()[0])
         assert model.value == first.offline_model and model.label == first.model_label
     assert sum(fn.name == "model_picker_update" for fn in blocks.fns.values()) == 2  # one per tab
-    pixels = model_picker_update(PIXELS_CLIP)
+    app = WebApp(AppConfig(device="cpu", output_dir=tmp_path, models=PIXELS_RGB))
+    pixels = app.model_picker_update(PIXELS_CLIP)
     assert pixels["choices"] == ["fft", "rgb"] and pixels["value"] == "fft" and pixels["label"] == "Parameterization"
-    assert model_picker_update(DIFFUSION)["value"] == "shapes-tiny"
+    assert app.model_picker_update(DIFFUSION)["choices"] == ["shapes-tiny"]
 
 
 def test_advanced_fields_start_empty_and_show_the_pipelines_defaults(tmp_path):
@@ -361,8 +333,8 @@ def test_pixels_clip_runs_end_to_end_on_the_shipped_clip(app):
     assert Image.open(final[FILES][0]).size == (32, 32)
 
 
-def test_pixels_clip_masked_edit_keeps_the_unpainted_region(app):
-    final = last_outputs(edit(app, photo_editor(painted=(8, 8, 23, 23)), method=PIXELS_CLIP, model="rgb", steps=3))
+def test_pixels_clip_masked_edit_keeps_the_unpainted_region(app, tmp_path):
+    final = last_outputs(edit(app, photo_editor(tmp_path, painted=(8, 8, 23, 23)), method=PIXELS_CLIP, model="rgb", steps=3))
     result_path, init_path, mask_path = map(Path, final[FILES])
     assert read_recipe(result_path)["command"].startswith("python -m pipelines.pixels_clip 'a blue circle'")
     result, init = (np.asarray(Image.open(p).convert("RGB")).astype(int) for p in (result_path, init_path))
@@ -382,8 +354,8 @@ def test_a_set_option_the_pipeline_does_not_take_is_refused_in_one_line(app, ove
     assert error == message and message in seen[-1][STATUS]
 
 
-def test_edit_refuses_options_the_generator_does_not_take(app):
-    error, _ = error_of(edit(app, photo_editor(), clip_scale=10.0))
+def test_edit_refuses_options_the_generator_does_not_take(app, tmp_path):
+    error, _ = error_of(edit(app, photo_editor(tmp_path), clip_scale=10.0))
     assert error == "clip scale does not apply to VQGAN-CLIP; clear it or pick CLIP-guided diffusion"
 
 
@@ -397,7 +369,8 @@ def test_a_new_registry_row_appears_in_the_app_and_runs(tmp_path, monkeypatch):
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setitem(registry.PIPELINES, "noise_clip_demo", "noise_clip_demo")
-    config = AppConfig(device="cpu", max_size=64, output_dir=tmp_path / "results")
+    config = AppConfig(device="cpu", max_size=64, output_dir=tmp_path / "results",
+                       models=ModelPolicy.build({"noise_clip_demo": ["rgb"]}))
     components = page_components(build_app(config))
     for tab in ("generate", "edit"):
         assert ("Noise-CLIP", "noise_clip_demo") in components[f"{tab}-method"].choices
@@ -410,8 +383,8 @@ def test_a_new_registry_row_appears_in_the_app_and_runs(tmp_path, monkeypatch):
 # --- editing --------------------------------------------------------------------------------------------------
 
 
-def test_masked_edit_changes_only_the_painted_region(app):
-    final = last_outputs(edit(app, photo_editor(painted=(8, 8, 23, 23)), steps=4))
+def test_masked_edit_changes_only_the_painted_region(app, tmp_path):
+    final = last_outputs(edit(app, photo_editor(tmp_path, painted=(8, 8, 23, 23)), steps=4))
     result_path, init_path, mask_path = map(Path, final[FILES])
     recipe = read_recipe(result_path)
     assert recipe["mask"] == str(mask_path) and recipe["init_image"] == str(init_path)
@@ -424,8 +397,8 @@ def test_masked_edit_changes_only_the_painted_region(app):
     assert np.abs(result - init)[~outside].mean() > 1
 
 
-def test_masked_diffusion_edit_keeps_the_unpainted_region(app):
-    final = last_outputs(edit(app, photo_editor(painted=(8, 8, 23, 23)), method=DIFFUSION, steps=6))
+def test_masked_diffusion_edit_keeps_the_unpainted_region(app, tmp_path):
+    final = last_outputs(edit(app, photo_editor(tmp_path, painted=(8, 8, 23, 23)), method=DIFFUSION, steps=6))
     result_path, init_path, mask_path = map(Path, final[FILES])
     recipe = read_recipe(result_path)
     assert recipe["pipeline"] == "clip_guided_diffusion"
@@ -439,53 +412,53 @@ def test_uploaded_mask_replaces_the_painted_one(app, tmp_path):
     mask = Image.new("L", (48, 48), 0)
     ImageDraw.Draw(mask).rectangle((0, 0, 15, 47), fill=255)
     mask.save(tmp_path / "left.png")
-    final = last_outputs(edit(app, photo_editor(painted=None), mask_file=str(tmp_path / "left.png"), steps=1))
+    final = last_outputs(edit(app, photo_editor(tmp_path, painted=None), mask_file=str(tmp_path / "left.png"), steps=1))
     saved = np.asarray(Image.open(final[FILES][2])) > 0
     assert saved[:, :16].all() and not saved[:, 16:].any()
 
 
-def test_directional_and_init_image_edits_run(app):
-    directional = last_outputs(edit(app, photo_editor(), edit_method=DIRECTIONAL_EDIT, source="a red circle", steps=2))
+def test_directional_and_init_image_edits_run(app, tmp_path):
+    directional = last_outputs(edit(app, photo_editor(tmp_path), edit_method=DIRECTIONAL_EDIT, source="a red circle", steps=2))
     assert read_recipe(directional[FILES][0])["source_text"] == "a red circle"
     assert len(directional[FILES]) == 2  # the result and the init image; no mask
-    plain = last_outputs(edit(app, photo_editor(painted=None), edit_method=INIT_IMAGE_EDIT, steps=2))
+    plain = last_outputs(edit(app, photo_editor(tmp_path, painted=None), edit_method=INIT_IMAGE_EDIT, steps=2))
     assert "mask" not in read_recipe(plain[FILES][0])
 
 
-def test_large_photos_are_scaled_to_the_size_limit(app):
-    final = last_outputs(edit(app, photo_editor(size=120), edit_method=INIT_IMAGE_EDIT, steps=1,
+def test_large_photos_are_scaled_to_the_size_limit(app, tmp_path):
+    final = last_outputs(edit(app, photo_editor(tmp_path, size=120), edit_method=INIT_IMAGE_EDIT, steps=1,
                               request=session("large")))
     assert Image.open(final[FILES][0]).size == (120, 120)  # under max_size 128, a multiple of the VQGAN's 4
     small = WebApp(AppConfig(device="cpu", max_size=64, max_upload_pixels=10**6, output_dir=app.config.output_dir),
                    app.cache)
-    final = last_outputs(edit(small, photo_editor(size=120), edit_method=INIT_IMAGE_EDIT, steps=1))
+    final = last_outputs(edit(small, photo_editor(tmp_path, size=120), edit_method=INIT_IMAGE_EDIT, steps=1))
     assert Image.open(final[FILES][0]).size == (64, 64)
 
 
-@pytest.mark.parametrize("editor, overrides, message", [
+@pytest.mark.parametrize("photo, overrides, message", [
     (None, {}, "upload a photo"),
-    (photo_editor(painted=None), {}, "paint it with the brush"),
-    (photo_editor(), {"edit_method": DIRECTIONAL_EDIT}, "needs a source text"),
-    (photo_editor(), {"target": ""}, "the target text is empty"),
-    (photo_editor(size=200), {}, "pixels this app accepts"),
+    ({"painted": None}, {}, "paint it with the brush"),
+    ({}, {"edit_method": DIRECTIONAL_EDIT}, "needs a source text"),
+    ({}, {"target": ""}, "the target text is empty"),
+    ({"size": 200}, {}, "image 'photo.png' is 200x200 (0 Mpx), over the limit of 0.016384 Mpx; downscale it first"),
 ])
-def test_bad_edit_input_shows_one_line(app, editor, overrides, message):
-    error, _ = error_of(edit(app, editor, **overrides))
+def test_bad_edit_input_shows_one_line(app, tmp_path, photo, overrides, message):
+    error, _ = error_of(edit(app, None if photo is None else photo_editor(tmp_path, **photo), **overrides))
     assert message in error
 
 
 def test_unsupported_mask_upload_shows_one_line(app, tmp_path):
     (tmp_path / "mask.txt").write_text("hello")
-    error, _ = error_of(edit(app, photo_editor(), mask_file=str(tmp_path / "mask.txt")))
+    error, _ = error_of(edit(app, photo_editor(tmp_path), mask_file=str(tmp_path / "mask.txt")))
     assert "use a PNG, JPEG or WebP file" in error
 
 
 # --- the page and the command line ----------------------------------------------------------------------------
 
 
-def test_runs_share_one_queue_slot_and_stop_skips_the_queue(tmp_path):
-    blocks = build_app(AppConfig(device="cpu", output_dir=tmp_path))
-    assert blocks._queue.default_concurrency_limit == 1
+def test_runs_share_one_concurrency_group_and_stop_skips_the_queue(tmp_path):
+    blocks = build_app(AppConfig(device="cpu", output_dir=tmp_path, max_queue=3))
+    assert blocks._queue.default_concurrency_limit == 5  # the running one, 3 waiting, one to hear "busy"
     events = {}
     for fn in blocks.fns.values():
         events.setdefault(fn.name, []).append(fn)
