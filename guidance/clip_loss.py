@@ -6,7 +6,6 @@ import math
 from dataclasses import dataclass
 from typing import Sequence, Union
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,9 +15,7 @@ from .cutouts import MakeCutouts
 from .errors import InvalidInputError
 from .losses import DISTANCES, directional_loss
 from .prompts import Prompt, normalize, parse_prompts
-
-# The 80 prompt templates of the CLIP paper's ImageNet zero-shot evaluation.
-IMAGENET_TEMPLATES = tuple(open_clip.OPENAI_IMAGENET_TEMPLATES)
+from .templates import Template, choose_templates, fill
 
 CLIPModels = Union[CLIPEncoder, Sequence[CLIPEncoder], Sequence[tuple[CLIPEncoder, float]]]
 
@@ -160,16 +157,16 @@ def reduce(per_image: torch.Tensor, reduction: str) -> torch.Tensor:
     raise InvalidInputError(f"unknown reduction {reduction!r}; choose 'mean', 'sum' or 'none'")
 
 
-def template_embedding(model: CLIPEncoder, text: str, templates: Sequence) -> torch.Tensor:
+def template_embedding(model: CLIPEncoder, text: str, templates: Sequence[Template]) -> torch.Tensor:
     """Mean unit embedding of `text` inserted into each template (callables or '{}' format strings)."""
-    texts = [t(text) if callable(t) else t.format(text) for t in templates]
-    return F.normalize(model.encode_text(texts).mean(0), dim=-1)
+    return F.normalize(model.encode_text([fill(template, text) for template in templates]).mean(0), dim=-1)
 
 
 class DirectionalCLIPLoss(nn.Module):
     """DiffusionCLIP-style edit loss: the image's change must point along the source-to-target text direction.
 
-    The text direction is averaged over the CLIP paper's ImageNet prompt templates. With `cutouts`, edited and
+    The text direction is averaged over prompt templates: by default ('auto') the CLIP paper's ImageNet set, or
+    the Chinese set when a text is Chinese (any name or file `guidance.templates.choose_templates` takes). With `cutouts`, edited and
     source images are cut with the same boxes and augmented alike (`MakeCutouts.pair`: augmenting both keeps an
     edit from fooling CLIP with patterns only it sees); without, whole images are compared. `l1_weight` adds
     `l1(edited, source)` for fidelity.
@@ -177,7 +174,7 @@ class DirectionalCLIPLoss(nn.Module):
 
     def __init__(self, clip_models: CLIPModels, source_image: torch.Tensor, source_text: str, target_text: str,
                  cutouts: MakeCutouts | None = None, l1_weight: float = 0.0,
-                 templates: Sequence = IMAGENET_TEMPLATES):
+                 templates: str | Sequence[Template] = "auto"):
         super().__init__()
         self.members = as_ensemble(clip_models)
         self.clip_models = nn.ModuleList(model for model, _ in self.members)
@@ -186,6 +183,7 @@ class DirectionalCLIPLoss(nn.Module):
         for label, text in (("source text", source_text), ("target text", target_text)):
             if not isinstance(text, str) or not text.strip():
                 raise InvalidInputError(f"the {label} of a directional edit is empty; e.g. 'cat' -> 'dog'")
+        templates = choose_templates([source_text, target_text], templates)
         self.register_buffer("source_image", source_image.detach().clone(), persistent=False)
         self.cutouts, self.l1_weight = cutouts, l1_weight
         self.last_losses: dict[str, torch.Tensor] = {}

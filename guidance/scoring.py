@@ -7,9 +7,10 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .clip_loss import IMAGENET_TEMPLATES, template_embedding
+from .clip_loss import template_embedding
 from .encoder import CLIPEncoder
 from .errors import InvalidInputError
+from .templates import Template, choose_templates
 
 
 @torch.no_grad()
@@ -25,16 +26,17 @@ def clip_score(model: CLIPEncoder, images: torch.Tensor, texts: Sequence[str]) -
 
 @torch.no_grad()
 def zero_shot_classify(model: CLIPEncoder, images: torch.Tensor, labels: Sequence[str],
-                       templates: Sequence = IMAGENET_TEMPLATES) -> torch.Tensor:
+                       templates: str | Sequence[Template] = "auto") -> torch.Tensor:
     """Class probabilities (B, L): each label's embedding is the mean over templates, logits scaled as trained.
 
+    Templates: 'auto' (the CLIP paper's ImageNet set, or the Chinese set when a label is Chinese), a set's name
+    ('imagenet', 'zh', 'none'), a file of templates, or a sequence of '{}' strings or callables.
     Softmax CLIPs give a distribution over the labels; sigmoid models (SigLIP, with a `logit_bias`) give each
     label its own probability `sigmoid(logit_scale * cos + logit_bias)`, as they were trained.
     """
     if isinstance(labels, str) or len(labels) < 2:
         raise InvalidInputError("zero_shot_classify needs a list of at least two labels")
-    if not templates:
-        raise InvalidInputError("zero_shot_classify needs at least one template, e.g. ['a photo of a {}.']")
+    templates = choose_templates(labels, templates)
     classes = torch.stack([template_embedding(model, label, templates) for label in labels])
     logits = model.logit_scale * model.encode_image(images) @ classes.T
     if model.logit_bias is not None:

@@ -7,7 +7,7 @@ import open_clip
 import pytest
 import torch
 
-from guidance import DirectionalCLIPLoss, IMAGENET_TEMPLATES, InvalidInputError, MakeCutouts
+from guidance import CHINESE_TEMPLATES, DirectionalCLIPLoss, IMAGENET_TEMPLATES, InvalidInputError, MakeCutouts
 
 TEMPLATES = ("a photo of a {}.", "a drawing of a {}.", "{}")
 
@@ -65,6 +65,16 @@ def test_default_templates_are_the_80_imagenet_templates(tiny_clip, source, edit
     loss_fn = DirectionalCLIPLoss(tiny_clip, source, "cat", "dog")
     direction = text_direction_np(tiny_clip, "cat", "dog", [t("{}") for t in IMAGENET_TEMPLATES])
     np.testing.assert_allclose(loss_fn.text_direction_0.double().numpy(), direction, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:text truncated")  # the tiny CLIP's 16-token context
+def test_chinese_texts_average_the_direction_over_the_chinese_templates(tiny_clip, source):
+    loss_fn = DirectionalCLIPLoss(tiny_clip, source, "红色的圆形", "蓝色的圆形")
+    direction = text_direction_np(tiny_clip, "红色的圆形", "蓝色的圆形", CHINESE_TEMPLATES)
+    np.testing.assert_allclose(loss_fn.text_direction_0.double().numpy(), direction, rtol=1e-4, atol=1e-5)
+    named = DirectionalCLIPLoss(tiny_clip, source, "红色的圆形", "蓝色的圆形", templates="imagenet")
+    imagenet = text_direction_np(tiny_clip, "红色的圆形", "蓝色的圆形", [t("{}") for t in IMAGENET_TEMPLATES])
+    np.testing.assert_allclose(named.text_direction_0.double().numpy(), imagenet, rtol=1e-4, atol=1e-5)
 
 
 def test_loss_with_cutouts_crops_edited_and_source_with_the_same_boxes(tiny_clip, source, edited):
