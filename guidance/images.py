@@ -68,8 +68,8 @@ def read_image(path: str | Path, mode: str = "RGB", max_pixels: int | None = MAX
     except Image.DecompressionBombError as error:  # over PIL's own hard limit, raised while reading the header
         declared = re.search(r"\((\d+) pixels\)", str(error))
         count = f" ({int(declared.group(1)) / 1e6:.0f} Mpx)" if declared else ""
-        raise InvalidInputError(f"image {path} has too many pixels{count} to read safely (limit "
-                                f"{_megapixels(max_pixels)}); downscale it first") from None
+        raise InvalidInputError(f"image {path} is too large{count}, over the limit of {_megapixels(max_pixels)}; "
+                                "downscale it first") from None
     except UnidentifiedImageError:
         raise InvalidInputError(f"cannot read image {path}: not an image format PIL knows; "
                                 "use a PNG, JPEG or WebP file") from None
