@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -49,11 +50,13 @@ def partial_path(path: str | Path) -> Path:
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary path in the same folder (same suffix) to write; renamed over `path` only if the block succeeds."""
+    """A temporary path in the same folder (same suffix) to write; renamed over `path` only if the block succeeds.
+
+    The temporary file is created with the usual permissions (0666 less the umask), as a plain write would.
+    """
     path = Path(path)
-    descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(descriptor)
-    temporary = Path(name)
+    temporary = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
+    os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
         yield temporary
         os.replace(temporary, path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import struct
 import warnings
@@ -242,3 +243,20 @@ def test_save_png_is_atomic_and_leaves_no_temporary_files(quantised_image, tmp_p
     save_png(quantised_image, tmp_path / "out.png", {"seed": 1})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
     assert read_recipe(tmp_path / "out.png") == {"seed": 1}
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "out.png").stat().st_mode & 0o777 == 0o666 & ~umask  # as a plain write, not 0600
+
+
+def test_a_failed_save_keeps_the_previous_file(quantised_image, tmp_path, monkeypatch):
+    save_png(quantised_image, tmp_path / "out.png", {"seed": 1})
+    previous = (tmp_path / "out.png").read_bytes()
+
+    def broken(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_png(quantised_image, tmp_path / "out.png", {"seed": 2})
+    assert (tmp_path / "out.png").read_bytes() == previous
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
