@@ -379,7 +379,7 @@ class WebApp:
     def __init__(self, config: AppConfig, cache: PipelineCache | None = None):
         self.config = config
         self.device = pick_device(config.device)
-        self.cache = cache or PipelineCache()
+        self.cache = cache if cache is not None else PipelineCache()  # an empty cache is falsy
         self.stops = StopSignals()
         self.line = RunQueue(config.max_queue)
 

@@ -12,6 +12,13 @@ class ServerBusy(ToolkitError):
     """The line of waiting runs is full."""
 
 
+def busy_message(waiting: int) -> str:
+    """What a visitor beyond the line reads."""
+    if waiting == 0:
+        return "the server is busy with another run; try again shortly"
+    return f"the server is busy: {waiting} run{'s are' if waiting > 1 else ' is'} waiting; try again shortly"
+
+
 class RunQueue:
     """One run at a time, with at most `max_waiting` runs waiting behind it, first come first served."""
 
@@ -24,7 +31,7 @@ class RunQueue:
         """A ticket in the line, or ServerBusy (one line for the page) when the line is full."""
         with self._changed:
             if len(self._line) > self.max_waiting:
-                raise ServerBusy(f"the server is busy: {self.waiting} runs are waiting; try again shortly")
+                raise ServerBusy(busy_message(self.waiting))
             ticket = object()
             self._line.append(ticket)
             return ticket
