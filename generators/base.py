@@ -43,6 +43,10 @@ class LatentGenerator(nn.Module, ABC):
         """Keep a latent valid after an optimiser step, in place (default: nothing to do)."""
         return latent
 
+    def latent_penalty(self, latent: torch.Tensor) -> torch.Tensor:
+        """A term the optimiser adds to the loss to keep the latent likely (default: none, zero)."""
+        return latent.new_zeros(())
+
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         """Same as `decode`, so a generator can be wrapped (compile, DDP) as a latent-to-image function."""
         return self.decode(latent)

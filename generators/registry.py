@@ -14,6 +14,7 @@ from guidance.errors import InvalidInputError
 GENERATORS: dict[str, str] = {
     "vqgan": "generators.vqgan:load_vqgan",
     "pixels": "generators.pixels:load_pixels",
+    "noise": "generators.diffusion.noise:load_noise",
 }
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
@@ -34,13 +35,14 @@ from guidance.prompts import parse_prompt, parse_prompts
 from guidance.runtime import (autocast, check_precision, explain_out_of_memory, pick_device, prepare_device,
                               resolve_seed)
 from guidance.validation import MAX_CUTN, MAX_STEPS, check_count, check_number, check_some_weight
-from pipelines.common import (CLIParser, PipelineOutput, StepCallback, add_runtime_arguments, as_mask, call_defaults,
+from pipelines.common import (CLIParser, PipelineOutput, StepCallback, add_runtime_arguments, call_defaults,
                               check_cli_outputs, check_cutouts, clean_recipe, command_line, directional_target,
-                              edit_mode, finish_cli, frame_of, load_init_images, parse_size, round_size, run_cli,
+                              edit_mode, finish_cli, frame_of, load_edit_inputs, parse_size, round_size, run_cli,
                               save_partial)
 
 DEFAULT_CLIP = "ViT-B-32:openai"
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam, "sgd": torch.optim.SGD}
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam, "sgd": torch.optim.SGD,
+              "nesterov": partial(torch.optim.SGD, momentum=0.9, nesterov=True)}  # ReNO's optimiser
 
 
 class LatentOptimizationPipeline:
@@ -92,14 +94,20 @@ class LatentOptimizationPipeline:
                  cut_pow: float = 1.0, augment: str = "default", image_prompts: Sequence[str | ImagePrompt] = (),
                  init_image: str | Path | torch.Tensor | None = None, init_weight: float | None = None,
                  mask: str | Path | torch.Tensor | None = None, source_text: str | None = None,
+                 grad_clip: float | None = None, keep_best: bool = False,
                  precision: str = "fp32", save_every: int = 50, callback: StepCallback | None = None,
                  progress: bool = True) -> PipelineOutput:
-        """Generate (or edit) one image; returns it with its history. Ctrl-C ends early and keeps the last image."""
+        """Generate (or edit) one image; returns it with its history. Ctrl-C ends early and keeps the last image.
+
+        `grad_clip` clips the latent's gradient norm; `keep_best` returns the image of the lowest loss, not the last.
+        The generator's `latent_penalty` joins the loss."""
         # 1. Check the settings, before any work.
         check_precision(precision, self.device)
         lr = self.default_lr if lr is None else lr
         settings = self._check_settings(prompt, steps, lr, optimizer, cutn, cut_pow, augment, init_image, init_weight,
                                         mask, source_text, image_prompts, save_every)
+        if grad_clip is not None:
+            check_number("--grad-clip", grad_clip, above=0)
         seed = resolve_seed(seed)
         prepare_device(self.device)
         width, height = round_size(parse_size(self.default_size if size is None else size), self.size_factor,
@@ -110,10 +118,9 @@ class LatentOptimizationPipeline:
         torch.manual_seed(seed)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         # 2. Prepare the inputs and the loss (targets are embedded once, here).
-        init = load_init_images(init_image, (width, height), self.device)
+        init, mask_tensor = load_edit_inputs(init_image, mask, (width, height), self.device)
         if init is not None and init.shape[0] != 1:
             raise InvalidInputError(f"{self.name} edits one image at a time, got {init.shape[0]}")
-        mask_tensor = as_mask(mask, (width, height), self.device)
         fidelity = init_weight if init_weight is not None else (1.0 if source_text else 0.0)
         cutouts = MakeCutouts(clip_size, cutn=cutn, cut_pow=cut_pow, augment=augment)
         if source_text:
@@ -135,7 +142,7 @@ class LatentOptimizationPipeline:
             "init_image": str(init_image) if isinstance(init_image, (str, Path)) else None,
             "init_weight": fidelity if init is not None else None,
             "mask": str(mask) if isinstance(mask, (str, Path)) else None, "source_text": source_text,
-            "precision": precision, "device": str(self.device),
+            "grad_clip": grad_clip, "keep_best": keep_best or None, "precision": precision, "device": str(self.device),
         })
 
         def render(latent: torch.Tensor) -> torch.Tensor:
@@ -147,6 +154,7 @@ class LatentOptimizationPipeline:
         frames: list[np.ndarray] = []
         breakdowns: list[dict[str, torch.Tensor]] = []
         interrupted = False
+        best_loss, best_z = torch.tensor(float("inf"), device=self.device), z.detach().clone()
         started = time.perf_counter()
         what = f"{self.name} at {width}x{height} with {cutn} cutouts"
         factor = self.size_factor
@@ -161,7 +169,14 @@ class LatentOptimizationPipeline:
                         loss = clip_loss(images)
                         if fidelity and init is not None and not source_text:
                             loss = loss + fidelity * F.mse_loss(z, z_init)
+                        loss = loss + self.generator.latent_penalty(z)
                     loss.backward()
+                    if grad_clip:
+                        torch.nn.utils.clip_grad_norm_([z], grad_clip)
+                    if keep_best:  # on the device: no host sync per step
+                        better = loss.detach() < best_loss
+                        best_loss = torch.where(better, loss.detach(), best_loss)
+                        best_z = torch.where(better, z.detach(), best_z)
                     opt.step()
                     self.generator.project_(z)
                     losses.append(loss.detach())
@@ -175,10 +190,12 @@ class LatentOptimizationPipeline:
                 interrupted = True
             # 5. Decode the result.
             with torch.no_grad():
-                final = render(z.detach())
+                final = render(best_z if keep_best and losses else z.detach())
         history = [{"step": i + 1, "loss": float(v), **{k: float(t) for k, t in parts.items()}}
                    for i, (v, parts) in enumerate(zip(torch.stack(losses).tolist() if losses else [], breakdowns))]
         recipe.update(steps_done=len(history), interrupted=interrupted, seconds=round(time.perf_counter() - started, 2))
+        if keep_best and history:
+            recipe["best_step"] = min(history, key=lambda entry: entry["loss"])["step"]
         return PipelineOutput([tensor_to_pil(final)], history, frames + [frame_of(final)], recipe, interrupted)
 
     def _check_settings(self, prompt: str, steps: int, lr: float, optimizer: str, cutn: int, cut_pow: float,

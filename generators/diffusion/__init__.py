@@ -6,6 +6,7 @@ from generators.diffusion.guidance import clamp_rms, guided_eps
 from generators.diffusion.loading import (BUILTIN_DIFFUSION_MODELS, KNOWN_DIFFUSION_MODELS, known_diffusion_names,
                                           load_diffusion, save_diffusion)
 from generators.diffusion.models import DiffusionModel, LatentDiffusion, PixelDiffusion, TextCondition
+from generators.diffusion.noise import NoiseGenerator, load_noise
 from generators.diffusion.sampling import (SCHEDULERS, ddim_invert, ddim_move, ddim_sample, final_alpha,
                                            inversion_timesteps, make_scheduler, previous_timestep, scheduler_step,
                                            spaced_timesteps)
@@ -15,6 +16,7 @@ __all__ = [
     "DiffusionModel",
     "KNOWN_DIFFUSION_MODELS",
     "LatentDiffusion",
+    "NoiseGenerator",
     "PixelDiffusion",
     "SCHEDULERS",
     "TextCondition",
@@ -29,6 +31,7 @@ __all__ = [
     "inversion_timesteps",
     "known_diffusion_names",
     "load_diffusion",
+    "load_noise",
     "make_scheduler",
     "previous_timestep",
     "random_latent_model",

@@ -1,0 +1,97 @@
+"""Noise optimisation's generator: starting noise -> a short checkpointed DDIM sampler -> images, and the norm
+regulariser that keeps the noise Gaussian-like."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from generators.diffusion import random_latent_model, random_pixel_model
+from generators.diffusion.noise import NoiseGenerator, default_steps, norm_penalty, step_limit, trailing_timesteps
+from generators.pixels import load_pixels
+from generators.registry import load_generator
+from guidance.errors import InvalidInputError
+
+
+def test_norm_penalty_value_and_gradient_match_an_independent_float64_computation():
+    latent = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 1.3
+    latent.requires_grad_(True)
+    norm_penalty(latent).backward()
+    d = 3 * 8 * 8
+    expected, gradients = 0.0, []
+    for sample in latent.detach().double().reshape(2, -1):
+        norm = math.sqrt(sum(v * v for v in sample.tolist()))
+        expected += 0.5 * norm**2 - (d - 1) * math.log(norm)
+        gradients.append(sample - (d - 1) * sample / norm**2)  # d/de of the above
+    assert math.isclose(float(norm_penalty(latent.detach())), expected, rel_tol=1e-5)
+    assert torch.allclose(latent.grad.double().reshape(2, -1), torch.stack(gradients), atol=1e-5)
+
+
+def test_norm_penalty_is_lowest_on_the_gaussian_shell():
+    direction = torch.randn(1, 3, 8, 8)
+    direction = direction / direction.norm()
+    shell = math.sqrt(3 * 8 * 8 - 1)
+    values = {r: float(norm_penalty(direction * r)) for r in (0.5 * shell, shell, 1.5 * shell)}
+    assert values[shell] < values[0.5 * shell] and values[shell] < values[1.5 * shell]
+
+
+def test_checkpointed_sampler_gives_the_same_gradient_as_plain_backprop():
+    model = random_pixel_model("tiny")
+    noise = torch.randn(1, *model.sample_shape(32, 32), generator=torch.Generator().manual_seed(1))
+    target = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    gradients = []
+    for checkpointing in (True, False):
+        generator = NoiseGenerator(model, steps=3, checkpointing=checkpointing)
+        latent = noise.clone().requires_grad_(True)
+        (generator.decode(latent) - target).square().mean().backward()
+        gradients.append(latent.grad)
+    assert gradients[0].abs().max() > 0
+    assert torch.allclose(gradients[0], gradients[1], atol=1e-5, rtol=0)
+
+
+def test_decode_gives_images_in_range_and_encode_gives_noise_of_the_latent_shape():
+    generator = NoiseGenerator(random_pixel_model("tiny"), steps=2)
+    latent = generator.random_latent(2, 32, 32, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        images = generator.decode(latent)
+        assert images.shape == (2, 3, 32, 32) and images.min() >= 0 and images.max() <= 1
+        assert generator.encode(images).shape == latent.shape
+    assert float(generator.latent_penalty(latent)) == pytest.approx(0.01 * float(norm_penalty(latent)))
+
+
+def test_trailing_timesteps_start_at_the_end_of_the_schedule():
+    assert trailing_timesteps(1000, 1) == [999]
+    assert trailing_timesteps(1000, 4) == [999, 749, 499, 249]
+
+
+def test_a_few_step_model_refuses_many_steps_in_one_line():
+    model = random_pixel_model("tiny")
+    model.info["distilled_steps"] = 1
+    assert step_limit(model) == 1 and default_steps(model) == 1
+    with pytest.raises(InvalidInputError) as error:
+        NoiseGenerator(model, steps=50)
+    message = str(error.value)
+    assert "\n" not in message and "1 to 1 steps" in message and "--steps 1" in message
+
+
+def test_an_unconditional_model_refuses_cfg_scale():
+    with pytest.raises(InvalidInputError, match="cfg-scale"):
+        NoiseGenerator(random_pixel_model("tiny"), cfg_scale=3.0)
+
+
+def test_a_text_conditioned_model_samples_its_prompt_with_classifier_free_guidance():
+    model = random_latent_model("tiny")
+    model.info["distilled_steps"] = 1  # like sd-turbo: one step from pure noise
+    generator = NoiseGenerator(model, prompt="a red circle", cfg_scale=2.0)
+    assert generator.timesteps == [model.num_train_timesteps - 1] and generator.condition.negative is not None
+    latent = generator.random_latent(1, 32, 32, torch.Generator().manual_seed(0)).requires_grad_(True)
+    generator.decode(latent).mean().backward()
+    assert latent.grad is not None and torch.isfinite(latent.grad).all()
+
+
+def test_the_registry_loads_the_shapes_ddpm_as_a_noise_generator_and_others_have_no_penalty():
+    generator = load_generator("noise", "shapes-tiny", device="cpu", steps=2)
+    assert isinstance(generator, NoiseGenerator) and generator.factor == generator.model.size_factor
+    assert float(load_pixels("fft").latent_penalty(torch.randn(1, 3, 4, 4))) == 0.0
