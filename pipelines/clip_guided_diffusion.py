@@ -39,9 +39,9 @@ from guidance.outputs import check_folder
 from guidance.prompts import Prompt, parse_prompts
 from guidance.runtime import autocast, check_precision, explain_out_of_memory, pick_device, prepare_device, resolve_seed
 from guidance.validation import MAX_CUTN, MAX_STEPS, check_count, check_some_weight
-from pipelines.common import (CLIParser, InitImages, PipelineOutput, StepCallback, add_runtime_arguments, as_mask,
+from pipelines.common import (CLIParser, InitImages, PipelineOutput, StepCallback, add_runtime_arguments,
                               call_defaults, check_cli_outputs, check_cutouts, clean_recipe, command_line,
-                              directional_target, edit_mode, finish_cli, frame_of, load_init_images, parse_size,
+                              directional_target, edit_mode, finish_cli, frame_of, load_edit_inputs, parse_size,
                               round_size, run_cli, save_partial)
 from pipelines.registry import PipelineSpec
 
@@ -52,6 +52,7 @@ DEFAULT_MODEL = "google/ddpm-celebahq-256"
 DEFAULT_CLIP = "ViT-B-32:openai"
 DEFAULT_CLIP_SCALE = 1000.0  # Disco Diffusion's order of magnitude: clip 1000, tv 150, range 50
 DEFAULT_CFG_SCALE = 7.5
+MAX_INVERSION_REFINE = 100  # fixed-point refinements per inversion step (each one more UNet pass)
 DEFAULT_EDIT_STRENGTH = 0.5  # DiffusionCLIP's t0 of about 500 of 1000 steps; also the default share redone from an init
 
 Size = str | int | tuple[int, int]
@@ -245,12 +246,11 @@ class CLIPGuidedDiffusionPipeline:
         check_count("--save-every", save_every, 0, MAX_STEPS)
         cutouts = MakeCutouts(max((m.image_size for m, _ in self.clip_models), default=224), cutn=cutn, cut_pow=cut_pow,
                               augment=augment)
-        seed, size, init = self.prepare_run(seed, size, init_image)
+        seed, size, init, mask_tensor = self.prepare_run(seed, size, init_image, mask)
         self._check_memory(size, cutn if plan.clip_scale else 0, 1 if init is None else init.shape[0])
         generator = torch.Generator(device=self.device).manual_seed(seed)
 
         # 2. Prepare latents: the timesteps, and the start sample (noise, the noised init image or its inversion).
-        mask_tensor = as_mask(mask, size, self.device)
         sampler, timesteps = self.schedule(plan)
         run = Run(plan, size, sampler, timesteps, generator, precision, init, mask_tensor)
         started = time.perf_counter()
@@ -341,6 +341,9 @@ class CLIPGuidedDiffusionPipeline:
             raise InvalidInputError("--inversion-steps (at least 1) applies to --source-text edits")
         if inversion_refine and (mode != "directional" or inversion_refine < 0):
             raise InvalidInputError("--inversion-refine (0 or more) applies to --source-text edits")
+        if inversion_steps is not None:
+            check_count("--inversion-steps", inversion_steps, 1, MAX_STEPS)
+        check_count("--inversion-refine", inversion_refine, 0, MAX_INVERSION_REFINE)
         conditional = self.model.text_conditioned
         if cfg_scale is not None and (not conditional or mode == "directional" or not math.isfinite(cfg_scale)):
             raise InvalidInputError(f"--cfg-scale applies to text-conditioned models outside --source-text edits; "
@@ -357,15 +360,17 @@ class CLIPGuidedDiffusionPipeline:
                                     f"{DEFAULT_CLIP} (from_pretrained(clip_models=[...])) or --clip-scale 0")
         return scale
 
-    def prepare_run(self, seed: int | None, size: Size | None,
-                    init_image: InitImages | None) -> tuple[int, tuple[int, int], torch.Tensor | None]:
-        """Seed the run and ready the device: (seed, (width, height), the init images in [0, 1] or None)."""
+    def prepare_run(self, seed: int | None, size: Size | None, init_image: InitImages | None,
+                    mask: str | Path | torch.Tensor | None = None
+                    ) -> tuple[int, tuple[int, int], torch.Tensor | None, torch.Tensor | None]:
+        """Seed the run and ready the device: (seed, (width, height), the init images in [0, 1] or None, the mask
+        or None)."""
         seed = resolve_seed(seed)
         prepare_device(self.device)
         size = round_size(parse_size(self.model.native_size if size is None else size), self.size_factor,
                           self.model.name)
         torch.manual_seed(seed)
-        return seed, size, load_init_images(init_image, size, self.device)
+        return seed, size, *load_edit_inputs(init_image, mask, size, self.device)
 
     # --- 2. preparing the latents -----------------------------------------------------------------------------
 
@@ -582,9 +587,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--source-text", default=defaults["source_text"],
                         help="describe the init image; DDIM-invert it and edit towards the prompt (DiffusionCLIP)")
     parser.add_argument("--inversion-steps", type=int, default=defaults["inversion_steps"],
-                        help="DDIM inversion steps (default: mirror the edit's own steps)")
+                        help=f"DDIM inversion steps, 1 to {MAX_STEPS} (default: mirror the edit's own steps)")
     parser.add_argument("--inversion-refine", type=int, default=defaults["inversion_refine"],
-                        help="fixed-point refinements per inversion step: exacter inversion, one more UNet pass each")
+                        help="fixed-point refinements per inversion step, 0 to "
+                             f"{MAX_INVERSION_REFINE}: exacter inversion, one more UNet pass each")
     parser.add_argument("--finetune-steps", type=int, default=0,
                         help="first fine-tune the UNet for this --source-text edit for N steps (DiffusionCLIP)")
     parser.add_argument("--finetune-lr", type=float, default=tuning["lr"], help="fine-tuning learning rate")

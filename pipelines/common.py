@@ -161,6 +161,14 @@ def load_init_images(init_image: InitImages | None, size: tuple[int, int], devic
     return torch.cat([fit_image(image.float(), size) for image in images]).to(device)
 
 
+def load_edit_inputs(init_image: InitImages | None, mask: str | Path | torch.Tensor | None, size: tuple[int, int],
+                     device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(init images, mask) on the device at `size`; the mask is checked first, so that a bad mask is refused in one
+    line before any resize notice of the init images."""
+    mask_tensor = as_mask(mask, size, device)
+    return load_init_images(init_image, size, device), mask_tensor
+
+
 def fit_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Resize a (1, C, H, W) image to (width, height), antialiased."""
     if tuple(image.shape[-2:]) == (size[1], size[0]):

@@ -54,7 +54,7 @@ def finetune(pipeline: CLIPGuidedDiffusionPipeline, prompt: str, *, init_image: 
                          inversion_refine=inversion_refine)
     if not pipeline.clip_models:
         raise InvalidInputError("fine-tuning needs a CLIP model; pass --clip-model (from_pretrained(clip_models=...))")
-    seed, (width, height), init = pipeline.prepare_run(seed, size, init_image)
+    seed, (width, height), init, _ = pipeline.prepare_run(seed, size, init_image)
 
     # 2. Prepare latents: the photos inverted once, up to the edit's first timestep.
     sampler, timesteps = pipeline.schedule(plan)

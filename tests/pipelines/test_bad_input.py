@@ -68,11 +68,12 @@ def places(tmp_path) -> dict[str, str]:
     (tmp_path / "notes.png").write_text("plain text")
     (tmp_path / "bomb.png").write_bytes(bomb_png(60000))
     (tmp_path / "dir-input").mkdir()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "photo.png")
     return {"ADIR": str(tmp_path / "adir.png"), "UNDER_FILE": str(tmp_path / "afile" / "out.png"),
             "UNDER_FILE_VIDEO": str(tmp_path / "afile" / "progress.mp4"), "AFILE": str(tmp_path / "afile"),
             "EMPTY": str(tmp_path / "empty.png"), "TEXT": str(tmp_path / "notes.png"),
             "BOMB": str(tmp_path / "bomb.png"), "DIR": str(tmp_path / "dir-input"),
-            "AVI": str(tmp_path / "progress.avi"), "OUT": str(tmp_path / "out.png")}
+            "AVI": str(tmp_path / "progress.avi"), "PHOTO": str(tmp_path / "photo.png"), "OUT": str(tmp_path / "out.png")}
 
 
 # (CLIs, extra arguments, expected exit code, a fragment of the one-line message)
@@ -111,6 +112,10 @@ CATALOGUE = [
      "lower --cutn"),
     (("clip_guided_diffusion",), ["a cat", "--save-model", "AFILE", "--finetune-steps", "1"], 2,
      "is a file, not a folder"),
+    (("clip_guided_diffusion",), ["a dog", "--init-image", "PHOTO", "--source-text", "a cat", "--inversion-refine",
+                                  "1000"], 2, "--inversion-refine must be between 0 and 100"),
+    (("clip_guided_diffusion",), ["a dog", "--init-image", "PHOTO", "--source-text", "a cat", "--inversion-steps",
+                                  str(10**9)], 2, f"--inversion-steps must be between 1 and {MAX_STEPS}"),
 ]
 CASES = [pytest.param(name, extra, code, fragment, id=f"{name}:{' '.join(extra)}")
          for names, extra, code, fragment in CATALOGUE for name in names]
