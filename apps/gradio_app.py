@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -58,6 +59,7 @@ RUNS = "pipeline-runs"  # generate and edit share one concurrency group; RunQueu
 PREVIEWS_PER_RUN = 25  # intermediate images streamed per run; Stop is noticed at the next one
 WAIT_POLL_S = 1.0  # how often a waiting run updates its place in line and notices Stop
 CACHE_CLEANUP_S = 3600  # Gradio's uploads and streamed previews are deleted after an hour
+GRADIO_CACHE = "gradio-cache"  # where the served app keeps Gradio's cache, inside its output folder
 Pipeline = Any  # a loaded pipeline: pipeline(prompt, **options) -> PipelineOutput, with a `size_factor`
 Outputs = tuple[Any, ...]
 
@@ -849,6 +851,21 @@ def config_from(args: argparse.Namespace) -> AppConfig:
                      models=policy)
 
 
+@contextmanager
+def gradio_cache_in(folder: Path) -> Iterator[None]:
+    """Gradio's cache (uploads, the copies it serves) in `folder` while the app is built and served, so that with
+    `allowed_paths=[output folder]` the file routes serve nothing outside the output folder."""
+    previous = os.environ.get("GRADIO_TEMP_DIR")
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["GRADIO_TEMP_DIR"]
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = previous
+
+
 def main(argv: list[str]) -> int:
     """Start the web app; returns the exit code when it stops."""
     args = build_parser().parse_args(argv)
@@ -857,10 +874,11 @@ def main(argv: list[str]) -> int:
     warning = exposure_warning(args.host, args.share, credentials)
     if warning:
         print(warning, file=sys.stderr)
-    app = build_app(config)
     try:
-        app.launch(server_name=args.host, server_port=args.port, share=args.share, auth=credentials or None,
-                   max_file_size=config.max_upload_bytes, allowed_paths=[str(config.output_dir)])
+        with gradio_cache_in(config.output_dir / GRADIO_CACHE):
+            build_app(config).launch(server_name=args.host, server_port=args.port, share=args.share,
+                                     auth=credentials or None, max_file_size=config.max_upload_bytes,
+                                     allowed_paths=[str(config.output_dir)])
     except OSError as error:  # port taken, address not available
         raise ToolkitError(f"cannot serve on {args.host}:{args.port} ({str(error).splitlines()[0]}); "
                            "pick another --port or --host") from None
