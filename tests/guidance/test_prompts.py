@@ -7,6 +7,7 @@ import math
 import pytest
 
 from guidance import InvalidInputError, Prompt, parse_prompt, parse_prompts
+from guidance.validation import check_some_weight
 
 INF = -math.inf
 
@@ -75,3 +76,25 @@ def test_normalize_weights_divides_by_absolute_sum():
 def test_non_string_prompt_is_invalid_input():
     with pytest.raises(InvalidInputError):
         parse_prompt(3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a cat:1e999", "weight inf .* is not a finite number"),
+    ("a cat:-1e999", "weight -inf .* is not a finite number"),
+    ("a cat:1:1e999", "stop inf .* is not a finite number"),
+])
+def test_non_finite_weights_and_stops_are_one_line(text, message):
+    with pytest.raises(InvalidInputError, match=message) as info:
+        parse_prompt(text)
+    assert "\n" not in str(info.value)
+
+
+def test_a_stop_of_minus_infinity_means_no_stop():
+    assert parse_prompt("a cat:1:-1e999") == Prompt("a cat", 1.0, INF)  # INF is -inf here, the default stop
+
+
+def test_every_weight_zero_is_refused_but_one_non_zero_weight_is_enough():
+    check_some_weight([2.0, 0.0])
+    check_some_weight([])  # image prompts alone: nothing to check here
+    with pytest.raises(InvalidInputError, match="every prompt weight is 0"):
+        check_some_weight(p.weight for p in parse_prompts("a cat:0|a dog:0"))
