@@ -39,7 +39,7 @@ from apps.access import exposure_warning, read_credentials  # noqa: E402
 from apps.model_policy import CLIP_KIND, ModelPolicy, read_model_lists  # noqa: E402
 from apps.results import new_run_folder, prune_results  # noqa: E402
 from apps.run_queue import RunQueue, StopSignals  # noqa: E402
-from apps.uploads import UploadEditor, editor_mask, editor_photo, uploaded_mask  # noqa: E402
+from apps.uploads import editor_mask, editor_photo, upload_editor, uploaded_mask  # noqa: E402
 from guidance.cutouts import AUGMENT_PRESETS  # noqa: E402
 from guidance.errors import InvalidInputError, ToolkitError  # noqa: E402
 from guidance.images import save_png, tensor_to_pil  # noqa: E402
@@ -541,12 +541,11 @@ class WebApp:
             self.stops.finish(session, stop)
 
     def _wait_turn(self, ticket: object, stop: threading.Event) -> Iterator[Outputs]:
-        """Wait for the ticket's turn (or Stop), showing how many runs are ahead."""
-        ahead, shown = self.line.wait(ticket, 0), None
+        """Wait for the ticket's turn (or Stop), showing how many runs are ahead; the status is sent again each
+        poll, so a visitor who left is noticed and gives up the place."""
+        ahead = self.line.wait(ticket, 0)
         while ahead and not stop.is_set():
-            if ahead != shown:
-                yield outputs(status=f"Waiting for the server: {ahead} run{'s' if ahead > 1 else ''} ahead…")
-                shown = ahead
+            yield outputs(status=f"Waiting for the server: {ahead} run{'s' if ahead > 1 else ''} ahead…")
             ahead = self.line.wait(ticket, WAIT_POLL_S)
 
     def _execute(self, job: Job, results: list[str], stop: threading.Event, progress: gr.Progress) -> Iterator[Outputs]:
@@ -669,24 +668,23 @@ class RunPanel:
         self.stop.click(app.stop, None, None, queue=False)
 
 
-class ModelPicker(gr.Dropdown):
-    """A dropdown whose value reaches the handler unchecked, which checks it against the server's model list
-    (Gradio's own check knows only the first method's choices, and would refuse an API client's valid pick)."""
-
-    is_template = True  # the page draws it as Gradio's Dropdown
-
-    def preprocess(self, payload: Any) -> Any:
-        """The picked value(s) as sent."""
-        return payload
+def model_picker(**settings: Any) -> gr.Dropdown:
+    """A dropdown whose value reaches the handler as sent; the handler checks it against the server's model list
+    (Gradio's own check knows only the first method's choices until the method changes, so it would refuse an
+    API client's valid pick). Replaced on the instance: Gradio writes a `.pyi` copy of a module that subclasses a
+    component."""
+    dropdown = gr.Dropdown(**settings)
+    dropdown.preprocess = lambda payload: payload  # type: ignore[method-assign]
+    return dropdown
 
 
 def clip_picker(policy: ModelPolicy) -> gr.Dropdown:
     """The CLIP models this server offers, shared by both tabs (free specs only with --allow-custom-models)."""
     choices = policy.choices(CLIP_KIND)
     typed = "; or type NAME[:PRETRAINED][:WEIGHT]" if policy.allow_custom else ""
-    return ModelPicker(choices, value=choices[:1], multiselect=True, label="CLIP models",
-                       allow_custom_value=policy.allow_custom, info=f"the CLIP models this server offers{typed}",
-                       elem_id="clip-models")
+    return model_picker(choices=choices, value=choices[:1], multiselect=True, label="CLIP models",
+                        allow_custom_value=policy.allow_custom, info=f"the CLIP models this server offers{typed}",
+                        elem_id="clip-models")
 
 
 def method_picker(app: WebApp, tab: str, label: str) -> list[gr.components.Component]:
@@ -695,8 +693,8 @@ def method_picker(app: WebApp, tab: str, label: str) -> list[gr.components.Compo
     policy = app.config.models
     with gr.Row():
         method = gr.Radio(choices, value=choices[0][1], label=label, elem_id=f"{tab}-method")
-        model = ModelPicker(**model_picker_settings(get_pipeline_spec(choices[0][1]), policy),
-                            allow_custom_value=policy.allow_custom, elem_id=f"{tab}-model")
+        model = model_picker(**model_picker_settings(get_pipeline_spec(choices[0][1]), policy),
+                             allow_custom_value=policy.allow_custom, elem_id=f"{tab}-model")
     method.change(app.model_picker_update, method, model, queue=False)
     return [method, model]
 
@@ -739,10 +737,10 @@ def edit_tab(app: WebApp, clip_models: gr.Dropdown) -> None:
     """The edit tab: a photo with a brush for the mask (or an uploaded mask), texts, method and generator."""
     with gr.Tab("Edit an image"), gr.Row():
         with gr.Column():
-            editor = UploadEditor(label="Photo: paint the region to change", image_mode="RGBA",
-                                  sources=["upload", "clipboard"], transforms=["crop"], layers=False,
-                                  brush=gr.Brush(colors=[("#ff00ff", 0.55)], color_mode="fixed"),
-                                  elem_id="editor", height=420)
+            editor = upload_editor(label="Photo: paint the region to change", image_mode="RGBA",
+                                   sources=["upload", "clipboard"], transforms=["crop"], layers=False,
+                                   brush=gr.Brush(colors=[("#ff00ff", 0.55)], color_mode="fixed"),
+                                   elem_id="editor", height=420)
             mask_file = gr.File(label="Or upload a mask (white = change, the photo's size)", file_types=["image"],
                                 type="filepath", elem_id="mask-file")
             target = gr.Textbox(label="Target text", elem_id="target", placeholder="a blue circle")

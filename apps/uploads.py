@@ -1,6 +1,6 @@
 """Uploads to the web app: photos, painted layers and masks, read by the toolkit's one image reader.
 
-Files reach the handlers undecoded (`UploadEditor`), so the pixel count is checked from the header before any
+Files reach the handlers undecoded (`upload_editor`), so the pixel count is checked from the header before any
 decoding, multi-frame files are refused, and every refusal is one line naming the visitor's file, not its
 path on the server.
 """
@@ -59,24 +59,29 @@ def uploaded_mask(path: str | Path, size: tuple[int, int], max_pixels: int) -> I
     return mask
 
 
-class UploadEditor(gr.ImageEditor):
-    """Gradio's image editor, handing the handler the uploaded files undecoded (checked there, before decoding)."""
+def upload_editor(**settings: Any) -> gr.ImageEditor:
+    """Gradio's image editor, handing the handler the uploaded files undecoded (checked there, before decoding).
 
-    is_template = True  # the page draws it as Gradio's ImageEditor
+    Its `preprocess` is replaced on the instance rather than in a subclass: Gradio writes a `.pyi` copy of any
+    module that subclasses a component."""
+    editor = gr.ImageEditor(**settings)
 
-    def preprocess(self, payload: Any) -> EditorFiles | None:
+    def path_of(file: FileData | bytes | None) -> str | None:
+        """Where an uploaded file (or a blob the page's canvas sent) lies in Gradio's cache."""
+        if file is None or isinstance(file, FileData):
+            return file and file.path
+        return processing_utils.save_bytes_to_cache(bytes(file), "image.png", editor.GRADIO_CACHE)
+
+    def files_of(payload: Any) -> EditorFiles | None:
         """The editor's files as paths: background, painted layers and composite."""
         if payload is None:
             return None
-        files = self.blob_storage.pop(payload.id, None) if payload.id is not None else payload
+        files = editor.blob_storage.pop(payload.id, None) if payload.id is not None else payload
         if files is None:
             return {"background": None, "layers": [], "composite": None}
-        return {"background": self._path(files.background),
-                "layers": [path for path in map(self._path, files.layers) if path is not None],
-                "composite": self._path(files.composite)}
+        return {"background": path_of(files.background),
+                "layers": [path for path in map(path_of, files.layers) if path is not None],
+                "composite": path_of(files.composite)}
 
-    def _path(self, file: FileData | bytes | None) -> str | None:
-        """Where an uploaded file (or a blob the page sent) lies in Gradio's cache."""
-        if file is None or isinstance(file, FileData):
-            return file and file.path
-        return processing_utils.save_bytes_to_cache(bytes(file), "image.png", self.GRADIO_CACHE)
+    editor.preprocess = files_of  # type: ignore[method-assign]
+    return editor

@@ -13,7 +13,7 @@ from gradio.components.image_editor import EditorDataBlobs
 from gradio.data_classes import FileData
 from PIL import Image
 
-from apps.uploads import UploadEditor, editor_mask, editor_photo, read_upload, uploaded_mask
+from apps.uploads import editor_mask, editor_photo, read_upload, upload_editor, uploaded_mask
 from guidance.errors import InvalidInputError
 
 
@@ -106,8 +106,7 @@ def test_an_uploaded_mask_must_have_the_photos_size(tmp_path):
 
 def test_the_editor_hands_over_files_undecoded(tmp_path):
     bomb = png_bomb(tmp_path / "bomb.png")
-    editor = UploadEditor(image_mode="RGBA")
-    assert editor.get_block_name() == "imageeditor"  # drawn by Gradio's own editor
+    editor = upload_editor(image_mode="RGBA")
     payload = editor.data_model(background=FileData(path=str(bomb)), layers=[], composite=None)
     assert editor.preprocess(payload) == {"background": str(bomb), "layers": [], "composite": None}
     editor.blob_storage["blob-1"] = EditorDataBlobs(background=bomb.read_bytes(), layers=[], composite=None)
