@@ -285,11 +285,16 @@ def finish_cli(result: PipelineOutput, paths: Sequence[Path], command: str, vide
     atomically, remove its partial file, write the video and a status line; returns the exit code (130 when
     interrupted)."""
     replaced = [path for path in paths if path.exists()]
-    for index, (image, path) in enumerate(zip(result.images, paths)):
-        save_png(image, path, {**result.recipe, **(own[index] if own else {}), "command": command})
-        partial_path(path).unlink(missing_ok=True)
-    if video:
-        write_video(result.frames, video)
+    try:
+        for index, (image, path) in enumerate(zip(result.images, paths)):
+            save_png(image, path, {**result.recipe, **(own[index] if own else {}), "command": command})
+            partial_path(path).unlink(missing_ok=True)
+        if video:
+            write_video(result.frames, video)
+    except OSError as error:  # checked up front, yet the disk can fill or the folder go during the run
+        raise ToolkitError(f"cannot write {error.filename or 'the output'} ({error.strerror or type(error).__name__})"
+                           "; free some space or choose another -o / --video (the previous file, if any, is intact)"
+                           ) from None
     state = "interrupted after" if result.interrupted else "done in"
     names = ", ".join(str(path) for path in paths)
     note = f" (replaced the previous {', '.join(str(path) for path in replaced)})" if replaced else ""

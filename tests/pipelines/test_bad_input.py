@@ -239,3 +239,23 @@ def test_an_init_image_of_another_size_is_noticed_in_one_line(tiny_clip, tmp_pat
     with pytest.warns(UserWarning, match="is 64x64; the run works at 32x32") as record:
         result = pipe("a red circle", size=32, steps=1, cutn=2, init_image=tmp_path / "photo.png", progress=False)
     assert result.images[0].size == (32, 32) and "\n" not in str(record[0].message)
+
+
+def test_a_write_that_fails_at_the_end_is_one_line_and_keeps_the_previous_output(model_files, tmp_path, capsys,
+                                                                                 monkeypatch):
+    import guidance.images
+
+    output = tmp_path / "out.png"
+    save_png(torch.full((1, 3, 8, 8), 0.5), output, {"prompt": "the previous result"})
+    previous = output.read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(output))
+
+    monkeypatch.setattr(guidance.images.Image.Image, "save", disk_full)
+    code, err = run("pixels_clip", [*model_args("pixels_clip", model_files), "a red circle", "--size", "16",
+                                    "--steps", "1", "--cutn", "2", "--save-every", "0", "-o", str(output)], capsys)
+    last = err.splitlines()[-1]  # after the progress bar
+    assert code == 2 and "Traceback" not in err and [line for line in err.splitlines() if "error" in line] == [last]
+    assert last.startswith(f"error: cannot write {output} (No space left on device)")
+    assert output.read_bytes() == previous
