@@ -162,8 +162,8 @@ def recipe_chunks(recipe: dict[str, Any]) -> PngImagePlugin.PngInfo:
 
 
 def attach_recipe(image: Image.Image, recipe: dict[str, Any]) -> Image.Image:
-    """Make the image carry its recipe: `image.save("x.png")` then writes it (PIL's per-image `encoderinfo`), and
-    `image.info[RECIPE_KEY]` holds it as JSON. Returns the same image."""
+    """Make the image carry its recipe: `image.save("x.png")` then writes it (PIL's per-image `encoderinfo`, read
+    by `save` since Pillow 11.1), and `image.info[RECIPE_KEY]` holds it as JSON. Returns the same image."""
     image.encoderinfo = {**getattr(image, "encoderinfo", {}), "pnginfo": recipe_chunks(recipe)}
     image.info[RECIPE_KEY] = json.dumps(recipe, default=str, sort_keys=True)
     return image
