@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import kornia.augmentation as K
 import torch
-from kornia.geometry.transform import crop_and_resize
 from torch import nn
+from torchvision.ops import roi_align
 
 from .errors import InvalidInputError
 
@@ -102,11 +102,21 @@ class MakeCutouts(nn.Module):
                             torch.stack([x1, y1], -1), torch.stack([x0, y1], -1)], dim=1)
 
     def crop(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """Crop the same boxes from every image: (B, C, H, W) and (N, 4, 2) -> (N * B, C, S, S), cutout-major."""
-        batch, n = images.shape[0], boxes.shape[0]
-        repeated = images.unsqueeze(0).expand(n, *images.shape).reshape(n * batch, *images.shape[1:])
-        boxes = boxes.to(images.dtype).repeat_interleave(batch, dim=0)
-        return crop_and_resize(repeated, boxes, (self.cut_size, self.cut_size), mode="bilinear", align_corners=True)
+        """Crop the same boxes from every image: (B, C, H, W) and (N, 4, 2) -> (N * B, C, S, S), cutout-major.
+
+        Each cutout samples its box bilinearly on an S x S grid from corner pixel to corner pixel (kornia's
+        `crop_and_resize` with `align_corners=True`), done by `roi_align` with one sample per bin, reading every
+        box from the images themselves: no image is copied per cutout, forward or backward."""
+        batch, n, size = images.shape[0], boxes.shape[0], self.cut_size
+        dtype = images.dtype if images.dtype in (torch.float32, torch.float64) else torch.float32
+        top_left, bottom_right = boxes[:, 0].to(dtype), boxes[:, 2].to(dtype)
+        step = (bottom_right - top_left) / max(size - 1, 1)
+        start = top_left + 0.5 - 0.5 * step  # aligned roi_align samples bin j at start - 0.5 + (j + 0.5) * step
+        corners = torch.cat([start, start + size * step], dim=1).repeat_interleave(batch, dim=0)
+        index = torch.arange(batch, device=images.device, dtype=dtype).repeat(n)  # cutout-major: image b of box k
+        rois = torch.cat([index[:, None], corners], dim=1)
+        cutouts = roi_align(images.to(dtype), rois, (size, size), spatial_scale=1.0, sampling_ratio=1, aligned=True)
+        return cutouts.to(images.dtype)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Cutouts of a [0, 1] BCHW batch as one (cutn * B, C, cut_size, cut_size) batch, cutout-major."""

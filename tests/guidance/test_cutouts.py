@@ -147,3 +147,42 @@ def test_geometric_preset_keeps_colours_that_default_jitters():
     assert torch.equal(geometric[:, 1:], torch.zeros_like(geometric[:, 1:]))
     default = Augment("default", noise=0.0)(red)
     assert default[:, 1:].max() > 0.01, "the default preset's colour jitter shifts hues"
+
+
+def kornia_crop(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """The cutouts as they were cut before roi_align: every image copied once per box, then kornia's bilinear
+    crop_and_resize (align_corners=True)."""
+    from kornia.geometry.transform import crop_and_resize
+
+    batch, n = images.shape[0], boxes.shape[0]
+    repeated = images.unsqueeze(0).expand(n, *images.shape).reshape(n * batch, *images.shape[1:])
+    return crop_and_resize(repeated, boxes.to(images.dtype).repeat_interleave(batch, dim=0), (size, size),
+                           mode="bilinear", align_corners=True)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-9), (torch.float32, 1e-4)])
+def test_roi_align_cutouts_equal_kornia_crop_and_resize_in_pixels_and_gradients(dtype, tolerance):
+    # float64 shows the two are one formula; in float32 both round the sample positions, about 1e-5 px per
+    # 100 px of image side, which moves noise pixels by up to about 1e-4
+    torch.manual_seed(0)
+    make = MakeCutouts(24, cutn=12, cut_pow=0.7, min_size=3, augment="none")
+    images = torch.rand(2, 3, 70, 90, dtype=dtype, requires_grad=True)
+    boxes = make.sample_boxes(70, 90, 12, images.device)
+    boxes[0] = torch.tensor([[0, 0], [69, 0], [69, 69], [0, 69]])  # touches three borders
+    new, old = make.crop(images, boxes), kornia_crop(images, boxes, 24)
+    assert new.shape == old.shape == (24, 3, 24, 24) and new.dtype == dtype
+    torch.testing.assert_close(new, old, atol=tolerance, rtol=0)
+    weights = torch.rand_like(new)
+    new_grad, = torch.autograd.grad(new, images, weights)
+    old_grad, = torch.autograd.grad(old, images, weights)
+    torch.testing.assert_close(new_grad, old_grad, atol=4 * tolerance, rtol=0)
+
+
+def test_half_precision_images_are_cut_in_float32_and_keep_their_dtype():
+    torch.manual_seed(0)
+    make = MakeCutouts(16, cutn=4, augment="none")
+    images = torch.rand(1, 3, 40, 40)
+    boxes = make.sample_boxes(40, 40, 4, images.device)
+    cutouts = make.crop(images.bfloat16(), boxes)
+    assert cutouts.dtype == torch.bfloat16
+    torch.testing.assert_close(cutouts.float(), make.crop(images.bfloat16().float(), boxes), atol=1e-2, rtol=0)
