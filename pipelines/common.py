@@ -47,6 +47,7 @@ class PipelineOutput:
     interrupted: bool = False
 
     def __post_init__(self) -> None:
+        """Attach the recipe to every image."""
         for image in self.images:
             attach_recipe(image, self.recipe)
 
@@ -213,7 +214,7 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str | None:
         """The help text, with the default appended where it says something and is not said already."""
         text = action.help or ""
-        if "default" in text or action.default in (None, False, [], ""):
+        if "default" in text or action.default is None or action.default is False or action.default in ([], ""):
             return text
         return super()._get_help_string(action)
 
