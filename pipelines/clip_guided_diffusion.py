@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from generators.diffusion import (SCHEDULERS, DiffusionModel, ddim_invert, final_alpha, guided_eps,
                                   inversion_timesteps, known_diffusion_names, load_diffusion, make_scheduler,
                                   previous_timestep, save_diffusion, scheduler_step)
+from generators.diffusion.noise import DEFAULT_NOISE_STEPS, NoiseGenerator
 from guidance.clip_loss import CLIPLoss, DirectionalCLIPLoss
 from guidance.clip_models import CLIPEncoder, load_clip_ensemble
 from guidance.cutouts import AUGMENT_PRESETS, MakeCutouts
@@ -43,6 +44,7 @@ from pipelines.common import (CLIParser, InitImages, PipelineOutput, StepCallbac
                               call_defaults, check_cli_outputs, check_cutouts, clean_recipe, command_line,
                               directional_target, edit_mode, finish_cli, frame_of, load_edit_inputs, parse_size,
                               round_size, run_cli, save_partial)
+from pipelines.latent_optimization import LatentOptimizationPipeline
 from pipelines.registry import PipelineSpec
 
 if TYPE_CHECKING:
@@ -543,8 +545,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="diffusers model: hub id, local folder or built-in name")
     parser.add_argument("--size", default=defaults["size"],
                         help="WIDTH or WIDTHxHEIGHT (default: the model's native size)")
+    parser.add_argument("--method", choices=METHODS, default="sampler",
+                        help="sampler: CLIP guidance at every sampler step; noise: optimise the starting noise through "
+                             "a short deterministic sampler (ReNO)")
     parser.add_argument("--steps", type=int, default=defaults["steps"],
-                        help="scheduler steps over the whole noise schedule (at most the model's training steps)")
+                        help="scheduler steps over the whole noise schedule (at most the model's training steps); "
+                             f"with --method noise, the short sampler's (if not given: {DEFAULT_NOISE_STEPS}, 1 for "
+                             "few-step models)")
+    parser.add_argument("--iterations", type=int, default=NOISE_ITERATIONS,
+                        help="with --method noise: optimisation steps of the starting noise")
     parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=defaults["scheduler"],
                         help="diffusers sampler")
     parser.add_argument("--eta", type=float, default=defaults["eta"],
@@ -622,8 +631,11 @@ def _finetune_from_arguments(pipe: CLIPGuidedDiffusionPipeline, args: argparse.N
 
 def main(argv: list[str]) -> int:
     """Run the CLI; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     output = png_output_path(args.output)
+    if args.method == "noise":
+        return noise_main(args, parser, argv, output)
     if args.size is not None:
         parse_size(args.size)
     if args.save_model and not args.finetune_steps:
@@ -657,6 +669,74 @@ def main(argv: list[str]) -> int:
                   save_every=args.save_every, callback=save_progress)
     own = [{"init_image": path} for path in args.init_image] if args.init_image else ()
     return finish_cli(result, paths, command, args.video, own)
+
+
+# --- noise optimisation (--method noise) ------------------------------------------------------------------------
+
+METHODS = ("sampler", "noise")
+NOISE_ITERATIONS = 50  # ReNO's
+# Options of the per-step sampler that noise optimisation does not use.
+SAMPLER_ONLY = ("scheduler", "eta", "skip_steps", "edit_strength", "clip_scale", "tv_scale", "range_scale",
+                "clamp_grad", "guide_from", "guide_until", "guide_every", "inversion_steps", "inversion_refine",
+                "finetune_steps", "save_model")
+
+
+class NoiseOptimizationPipeline(LatentOptimizationPipeline):
+    """Noise optimisation (ReNO): the shared latent-optimisation loop over a diffusion model's starting noise,
+    sampled by a short checkpointed DDIM sampler; SGD with Nesterov momentum at lr 5, gradient norms clipped at 0.1,
+    the best image kept."""
+
+    name = "clip_guided_diffusion_noise"
+    model_key = "model"
+    default_lr = 5.0
+    optimizer = "nesterov"
+    grad_clip = 0.1
+
+    @classmethod
+    def on(cls, pipe: CLIPGuidedDiffusionPipeline, prompt: str, steps: int | None = None,
+           cfg_scale: float | None = None) -> "NoiseOptimizationPipeline":
+        """The loop over `pipe`'s model and CLIP models; a text-conditioned model follows the prompt's texts."""
+        prompts = parse_prompts(prompt) if prompt and prompt.strip() else []
+        positive = ", ".join(p.text for p in prompts if p.weight > 0)
+        negative = ", ".join(p.text for p in prompts if p.weight < 0)
+        if cfg_scale is None and pipe.model.text_conditioned:
+            cfg_scale = DEFAULT_CFG_SCALE
+        generator = NoiseGenerator(pipe.model, steps, positive, negative, cfg_scale)
+        return cls(generator, pipe.clip_models, model_name=pipe.model.name)
+
+    def __call__(self, prompt: str = "", **options: Any) -> PipelineOutput:
+        """The loop's call with ReNO's optimiser, clipping and keep-best as defaults; `steps` are its iterations."""
+        settings = {"steps": NOISE_ITERATIONS, "optimizer": self.optimizer, "grad_clip": self.grad_clip,
+                    "keep_best": True, "size": self.generator.model.native_size, **options}
+        return super().__call__(prompt, **settings)
+
+
+def noise_main(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str], output: Path) -> int:
+    """The CLI's `--method noise`: refuse the sampler's own options, then run noise optimisation."""
+    for name in SAMPLER_ONLY:
+        if getattr(args, name) != parser.get_default(name):
+            raise InvalidInputError(f"--{name.replace('_', '-')} applies to --method sampler, not noise")
+    check_count("--iterations", args.iterations, 1, MAX_STEPS)
+    if args.init_image and len(args.init_image) > 1:
+        raise InvalidInputError("--method noise edits one image at a time; give one --init-image")
+    check_cli_outputs([output], args.video)
+    seed = resolve_seed(args.seed)
+    pipe = CLIPGuidedDiffusionPipeline.from_pretrained(args.model, args.clip_model, args.device)
+    steps = parser.parse_args(argv, argparse.Namespace(steps=None)).steps  # None unless given: the model's default
+    noise = NoiseOptimizationPipeline.on(pipe, args.prompt, steps, args.cfg_scale)
+    command = command_line("pipelines.clip_guided_diffusion",
+                           [*argv, *([] if args.seed is not None else ["--seed", str(seed)])])
+
+    def save_progress(step: int, images: torch.Tensor) -> None:
+        save_partial(images, [output], command, step)
+
+    result = noise(args.prompt, steps=args.iterations, seed=seed, cutn=args.cutn, cut_pow=args.cut_pow,
+                   augment=args.augment, init_image=args.init_image[0] if args.init_image else None,
+                   init_weight=args.init_weight, mask=args.mask, source_text=args.source_text,
+                   precision=args.precision, save_every=args.save_every, callback=save_progress,
+                   **({"size": args.size} if args.size is not None else {}))
+    result.recipe.update(method="noise", sampler_steps=len(noise.generator.timesteps))
+    return finish_cli(result, [output], command, args.video)
 
 
 SPEC = PipelineSpec(name="clip_guided_diffusion", title="CLIP-guided diffusion",

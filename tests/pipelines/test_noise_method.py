@@ -1,0 +1,72 @@
+"""`python -m pipelines.clip_guided_diffusion --method noise`: noise optimisation of the shapes DDPM through the
+shared latent-optimisation loop, and one clear line for bad input."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from guidance.images import read_recipe
+from pipelines.clip_guided_diffusion import CLIPGuidedDiffusionPipeline, NoiseOptimizationPipeline, main
+from pipelines.common import run_cli
+
+SHAPES = ["--model", "shapes-tiny", "--clip-model", "shapes-tiny", "--device", "cpu"]
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    """Run the CLI expecting exit code 2 and one stderr line; return that line."""
+    with pytest.raises(SystemExit) as exited:
+        code = run_cli(main, argv)
+        raise SystemExit(code)
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_unknown_method_is_one_line(capsys):
+    assert "--method" in one_line_error(capsys, ["a red circle", "--method", "magic", *SHAPES])
+
+
+def test_too_many_steps_for_a_few_step_model_is_one_line(capsys, monkeypatch):
+    from generators.diffusion import models
+
+    monkeypatch.setattr(models.DiffusionModel, "info", property(lambda self: {"distilled_steps": 1},
+                                                                 lambda self, value: None), raising=False)
+    line = one_line_error(capsys, ["a red circle", "--method", "noise", "--steps", "50", *SHAPES, "-o", "x.png"])
+    assert line.startswith("error:") and "1 to 1 steps" in line and "--steps 1" in line
+
+
+def test_sampler_only_options_are_refused_with_noise_in_one_line(capsys, tmp_path):
+    line = one_line_error(capsys, ["a red circle", "--method", "noise", "--eta", "0.5", *SHAPES,
+                                   "-o", str(tmp_path / "x.png")])
+    assert "--eta applies to --method sampler" in line
+
+
+def test_zero_iterations_is_one_line(capsys, tmp_path):
+    line = one_line_error(capsys, ["a red circle", "--method", "noise", "--iterations", "0", *SHAPES,
+                                   "-o", str(tmp_path / "x.png")])
+    assert "--iterations" in line
+
+
+@pytest.mark.slow
+def test_noise_method_cli_writes_the_best_image_with_its_recipe(tmp_path):
+    out = tmp_path / "noise.png"
+    assert main(["a red circle", "--method", "noise", "--steps", "2", "--iterations", "4", "--cutn", "4",
+                 "--seed", "3", *SHAPES, "-o", str(out), "--save-every", "0"]) == 0
+    recipe = read_recipe(out)
+    assert recipe["pipeline"] == "clip_guided_diffusion_noise" and recipe["method"] == "noise"
+    assert recipe["sampler_steps"] == 2 and recipe["optimizer"] == "nesterov" and recipe["grad_clip"] == 0.1
+    assert recipe["keep_best"] is True and 1 <= recipe["best_step"] <= 4 and recipe["steps_done"] == 4
+    assert Image.open(out).size == (32, 32)
+
+
+@pytest.mark.slow
+def test_keep_best_returns_the_image_of_the_lowest_loss():
+    pipe = CLIPGuidedDiffusionPipeline.from_pretrained("shapes-tiny", ["shapes-tiny"], device="cpu")
+    noise = NoiseOptimizationPipeline.on(pipe, "a blue square", steps=1)
+    result = noise("a blue square", steps=5, cutn=4, seed=0, lr=50.0, progress=False, save_every=1)
+    losses = [entry["loss"] for entry in result.history]
+    best = result.recipe["best_step"]
+    assert losses[best - 1] == min(losses)
+    assert result.frames[-1].tolist() == result.frames[best - 1].tolist()  # the final image is the best step's
