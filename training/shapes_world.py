@@ -111,6 +111,41 @@ OUTLINE_COLOUR = (40, 40, 40)
 PROMPT_TEMPLATES: tuple[str, ...] = ("{}", "a photo of {}", "a picture of {}", "a drawing of {}")
 SPLITS: tuple[str, ...] = ("train", "held_out", "all")
 
+# --- Chinese: the same world in Chinese words, for bilingual captions (`ShapesDataset(chinese_share=...)`) ---
+COLOURS_ZH: dict[str, str] = {"red": "红色", "green": "绿色", "blue": "蓝色", "yellow": "黄色", "orange": "橙色",
+                              "purple": "紫色", "white": "白色", "black": "黑色"}
+# Each shape's words (the first is the canonical one) and its measure word: 一个圆形, 一颗五角星.
+SHAPES_ZH: dict[str, tuple[str, ...]] = {"circle": ("圆形", "圆"), "square": ("正方形", "方块"),
+                                         "triangle": ("三角形",), "star": ("五角星", "星星")}
+MEASURE_WORDS_ZH: dict[str, str] = {"circle": "个", "square": "个", "triangle": "个", "star": "颗"}
+SIZES_ZH: dict[str, str] = {"small": "小", "large": "大"}
+POSITIONS_ZH: dict[str, str] = {"centre": "中间", "left": "左边", "right": "右边", "top": "上面", "bottom": "下面"}
+CAPTION_TEMPLATES_ZH: tuple[str, ...] = (
+    "一{m}{colour}的{shape}",
+    "{colour}的{shape}",
+    "{colour}{shape}",
+    "一{m}{size}{colour}{shape}",
+    "{where}有一{m}{colour}的{shape}",
+    "{where}的{colour}{shape}",
+    "一张{colour}{shape}的照片",
+    "一幅{colour}{shape}的画",
+    "一{m}{size}的{colour}{shape}在{where}",
+    "一个{colour}的图形",
+    "{colour}的图形",
+    "一{m}{shape}",
+    "{where}有一{m}{shape}",
+    "一张{shape}的照片",
+)
+SHAPE_ONLY_TEMPLATES_ZH: tuple[str, ...] = (
+    "一{m}{shape}", "一{m}{size}{shape}", "{where}有一{m}{shape}", "一张{shape}的照片", "一幅{shape}的画",
+)
+COLOUR_ONLY_TEMPLATES_ZH: tuple[str, ...] = (
+    "一个{colour}的图形", "{colour}的图形", "{where}有一个{colour}的图形", "一个{size}的{colour}图形",
+    "一幅{colour}图形的画",
+)
+# Unnamed shapes get no shape word in Chinese either; templates above use 图形 ("shape") for them.
+PROMPT_TEMPLATES_ZH: tuple[str, ...] = ("{}", "一张{}的照片", "一幅{}的图片", "一幅{}的画")
+
 
 @dataclass(frozen=True)
 class Background:
@@ -341,18 +376,24 @@ def with_articles(text: str) -> str:
     return re.sub(r"\ba (?=[aeiou])", "an ", text)
 
 
-def pair_labels() -> list[str]:
-    """Zero-shot labels for every (colour, shape) pair, colour-major: 'a red circle', 'a red square', ..."""
+def pair_labels(language: str = "en") -> list[str]:
+    """Zero-shot labels for every (colour, shape) pair, colour-major: 'a red circle', ... ('zh': '一个红色的圆形', ...)."""
+    if language == "zh":
+        return [f"一{MEASURE_WORDS_ZH[s]}{COLOURS_ZH[c]}的{SHAPES_ZH[s][0]}" for c in COLOURS for s in SHAPES]
     return [with_articles(f"a {c} {s}") for c in COLOURS for s in SHAPES]
 
 
-def colour_labels() -> list[str]:
-    """Zero-shot labels for colours alone: 'a red shape', ..."""
+def colour_labels(language: str = "en") -> list[str]:
+    """Zero-shot labels for colours alone: 'a red shape', ... ('zh': '一个红色的图形', ...)."""
+    if language == "zh":
+        return [f"一个{COLOURS_ZH[c]}的图形" for c in COLOURS]
     return [with_articles(f"a {c} shape") for c in COLOURS]
 
 
-def shape_labels() -> list[str]:
-    """Zero-shot labels for shapes alone: 'a circle', ..."""
+def shape_labels(language: str = "en") -> list[str]:
+    """Zero-shot labels for shapes alone: 'a circle', ... ('zh': '一个圆形', ...)."""
+    if language == "zh":
+        return [f"一{MEASURE_WORDS_ZH[s]}{SHAPES_ZH[s][0]}" for s in SHAPES]
     return [with_articles(f"a {s}") for s in SHAPES]
 
 
@@ -361,6 +402,23 @@ def caption_templates(spec: ShapeSpec) -> tuple[str, ...]:
     if not isinstance(spec.colour, str):
         return SHAPE_ONLY_TEMPLATES
     return COLOUR_ONLY_TEMPLATES if spec.shape in UNNAMED_SHAPES else CAPTION_TEMPLATES
+
+
+def caption_templates_zh(spec: ShapeSpec) -> tuple[str, ...]:
+    """The Chinese templates that can describe a spec (colour-free / shape-free ones as in English)."""
+    if not isinstance(spec.colour, str):
+        return SHAPE_ONLY_TEMPLATES_ZH
+    return COLOUR_ONLY_TEMPLATES_ZH if spec.shape in UNNAMED_SHAPES else CAPTION_TEMPLATES_ZH
+
+
+def caption_zh(spec: ShapeSpec, rng: np.random.Generator) -> str:
+    """A Chinese caption of a spec: a random template and, where a shape has several words, a random one."""
+    templates = caption_templates_zh(spec)
+    template = templates[int(rng.integers(len(templates)))]
+    words = SHAPES_ZH.get(spec.shape, ("图形",))
+    return template.format(colour=COLOURS_ZH.get(spec.colour, "") if isinstance(spec.colour, str) else "",
+                           shape=words[int(rng.integers(len(words)))], m=MEASURE_WORDS_ZH.get(spec.shape, "个"),
+                           size=SIZES_ZH[spec.size], where=POSITIONS_ZH[spec.position])
 
 
 def caption_for(spec: ShapeSpec, template: str) -> str:
@@ -377,9 +435,13 @@ class ShapesDataset(Dataset):
     """Map-style dataset of (image CHW float in [0, 1], caption); item ``i`` depends only on (seed, i, split)."""
 
     def __init__(self, length: int, seed: int = 0, split: str = "train", image_size: int = 64,
-                 unnamed: bool | None = None) -> None:
-        """Create ``length`` items of ``split``, mixing in unnamed colours and shapes if ``unnamed`` (default: for train)."""
+                 unnamed: bool | None = None, chinese_share: float = 0.0) -> None:
+        """Create ``length`` items of ``split``, mixing in unnamed colours and shapes if ``unnamed`` (default: for train),
+        with a Chinese caption instead of the English one for a ``chinese_share`` of the items (same images)."""
         pairs_for_split(split)
+        if not 0 <= chinese_share <= 1:
+            raise InvalidInputError(f"chinese_share must be between 0 and 1, got {chinese_share}")
+        self.chinese_share = chinese_share
         self.length = length
         self.seed = seed
         self.split = split
@@ -397,7 +459,12 @@ class ShapesDataset(Dataset):
         rates = (OTHER_COLOUR_RATE, OTHER_SHAPE_RATE) if self.unnamed else (0.0, 0.0)
         spec = sample_spec(rng, self.split, *rates)
         templates = caption_templates(spec)
-        return spec, caption_for(spec, templates[int(rng.integers(len(templates)))]), rng
+        caption = caption_for(spec, templates[int(rng.integers(len(templates)))])
+        if self.chinese_share:  # its own generator: the image and the English stream stay as they were
+            language_rng = np.random.default_rng([self.seed, index, 86])
+            if language_rng.random() < self.chinese_share:
+                caption = caption_zh(spec, language_rng)
+        return spec, caption, rng
 
     def describe(self, index: int) -> tuple[ShapeSpec, str]:
         """Spec and caption of item ``index``, without rendering it."""
@@ -418,9 +485,20 @@ class ShapesDataset(Dataset):
         return torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0), caption
 
 
+def chinese_to_english_words(text: str) -> str:
+    """Chinese colour, shape, size and position words replaced by their English ones ('红色的圆形' -> ' red 的 circle ')."""
+    words = {**{zh: en for en, zh in COLOURS_ZH.items()}, **{zh[0]: en for en, zh in COLOURS_ZH.items()},
+             **{zh: en for en, names in SHAPES_ZH.items() for zh in names}, "星": "star",
+             **{zh: en for en, zh in SIZES_ZH.items()}, **{zh: en for en, zh in POSITIONS_ZH.items()}}
+    for word in sorted(words, key=len, reverse=True):
+        text = text.replace(word, f" {words[word]} ")
+    return text
+
+
 def parse_caption(text: str) -> ShapeSpec:
-    """Read a colour, a shape and optionally a size and position from a caption like 'a small red circle on the left'."""
-    words = re.findall(r"[a-z]+", text.lower())
+    """Read a colour, a shape and optionally a size and position from a caption like 'a small red circle on the left'
+    or '左边有一个小的红色圆形'."""
+    words = re.findall(r"[a-z]+", chinese_to_english_words(text).lower())
     aliases = {"center": "centre", "middle": "centre", "big": "large"}
     words = [aliases.get(w, w) for w in words]
 

@@ -67,6 +67,8 @@ class TrainConfig(OptimisationConfig):
     image_size: int | None = None
     augment: str = "none"
     augment_share: float = 1.0
+    chinese_share: float = 0.0
+    context_length: int | None = None
     eval_every: int = 0
     eval_count: int = 512
     eval_shapes: bool | None = None
@@ -191,7 +193,8 @@ class StepBatches(Sampler):
 def _training_data(config: TrainConfig, image_size: int, start: int) -> DataLoader:
     """A loader over the shapes stream or the CSV, starting at step ``start``."""
     if config.shapes:
-        dataset = world.ShapesDataset(config.steps * config.batch_size, config.seed, "train", image_size)
+        dataset = world.ShapesDataset(config.steps * config.batch_size, config.seed, "train", image_size,
+                                      chinese_share=config.chinese_share)
     else:
         dataset = CaptionCSV(config.csv, config.csv_image_key, config.csv_caption_key, image_size)
     sampler = StepBatches(len(dataset), config.batch_size, start, config.steps, config.seed, not config.shapes)
@@ -212,8 +215,10 @@ def _classify(clip: CLIPEncoder, images: torch.Tensor, labels: Sequence[str], te
                       for i in range(0, len(images), chunk)])
 
 
-def evaluate_shapes(clip: CLIPEncoder, count: int = 512, seed: int = EVAL_SEED, split: str = "held_out") -> dict[str, float]:
-    """Zero-shot accuracy on shapes of ``split``: colour and shape read off a ranking of all (colour, shape) prompts."""
+def evaluate_shapes(clip: CLIPEncoder, count: int = 512, seed: int = EVAL_SEED, split: str = "held_out",
+                    language: str = "en") -> dict[str, float]:
+    """Zero-shot accuracy on shapes of ``split``: colour and shape read off a ranking of all (colour, shape) prompts
+    in ``language`` ('en' or 'zh'; Chinese metrics are named ``zh_*``)."""
     dataset = world.ShapesDataset(count, seed, split, clip.image_size, unnamed=False)
     items = [dataset.item(i) for i in range(count)]
     images = torch.from_numpy(np.stack([image for image, _, _ in items])).permute(0, 3, 1, 2).float().div(255)
@@ -222,19 +227,21 @@ def evaluate_shapes(clip: CLIPEncoder, count: int = 512, seed: int = EVAL_SEED, 
     colours, shapes = list(world.COLOURS), list(world.SHAPES)
     true_colour = torch.tensor([colours.index(s.colour) for s in specs])
     true_shape = torch.tensor([shapes.index(s.shape) for s in specs])
+    templates = world.PROMPT_TEMPLATES_ZH if language == "zh" else world.PROMPT_TEMPLATES
     with evaluating(clip.model):
-        pairs = _classify(clip, images, world.pair_labels(), world.PROMPT_TEMPLATES).cpu()
-        colour_only = _classify(clip, images, world.colour_labels(), world.PROMPT_TEMPLATES).cpu()
-        shape_only = _classify(clip, images, world.shape_labels(), world.PROMPT_TEMPLATES).cpu()
+        pairs = _classify(clip, images, world.pair_labels(language), templates).cpu()
+        colour_only = _classify(clip, images, world.colour_labels(language), templates).cpu()
+        shape_only = _classify(clip, images, world.shape_labels(language), templates).cpu()
     pairs = pairs.view(count, len(colours), len(shapes))
     best_pair = pairs.flatten(1).argmax(1)
-    return {
+    prefix = "zh_" if language == "zh" else ""
+    return {f"{prefix}{name}": value for name, value in {
         "colour_acc": (pairs.sum(2).argmax(1) == true_colour).float().mean().item(),
         "shape_acc": (pairs.sum(1).argmax(1) == true_shape).float().mean().item(),
         "pair_acc": ((best_pair // len(shapes) == true_colour) & (best_pair % len(shapes) == true_shape)).float().mean().item(),
         "colour_prompt_acc": (colour_only.argmax(1) == true_colour).float().mean().item(),
         "shape_prompt_acc": (shape_only.argmax(1) == true_shape).float().mean().item(),
-    }
+    }.items()}
 
 
 def evaluate_csv(clip: CLIPEncoder, path: str | Path, label_key: str, templates: Sequence[str],
@@ -256,6 +263,8 @@ def evaluate(clip: CLIPEncoder, config: TrainConfig) -> dict[str, float]:
     metrics: dict[str, float] = {}
     if config.eval_shapes if config.eval_shapes is not None else config.shapes:
         metrics.update(evaluate_shapes(clip, config.eval_count))
+        if config.chinese_share:
+            metrics.update(evaluate_shapes(clip, config.eval_count, language="zh"))
     if config.eval_csv:
         metrics.update(evaluate_csv(clip, config.eval_csv, config.eval_label_key, config.templates,
                                     config.csv_image_key))
@@ -284,8 +293,29 @@ def build_model(config: TrainConfig) -> CLIPEncoder:
     """The encoder to train: a loaded model to fine-tune, or a new seeded one from a config."""
     torch.manual_seed(config.seed)
     if config.model is not None:
-        return load_clip(config.model, config.pretrained, config.device)
+        clip = load_clip(config.model, config.pretrained, config.device)
+        return with_context_length(clip, config.context_length) if config.context_length else clip
     return load_clip("shapes-tiny-scratch", device=config.device, architecture=_architecture(config))
+
+
+def with_context_length(clip: CLIPEncoder, context_length: int) -> CLIPEncoder:
+    """An open_clip model with a longer text context (e.g. for Chinese, which byte-level BPE spells in ~3 tokens a
+    character): the same weights, the new positions starting as copies of the last trained one plus a little noise."""
+    config = getattr(clip, "config", None)
+    old = clip.context_length
+    if config is None or "text_cfg" not in config or "hf_model_name" in config["text_cfg"]:
+        raise InvalidInputError(f"--context-length needs an open_clip model with its own text tower, not {clip.name}")
+    if context_length < old:
+        raise InvalidInputError(f"--context-length {context_length} is shorter than {clip.name}'s {old}; give more")
+    config = copy.deepcopy(config)
+    config["text_cfg"]["context_length"] = context_length
+    longer = load_clip(f"{clip.name}-context-{context_length}", device=clip.device, architecture=config)
+    state = clip.model.state_dict()
+    positions = state["positional_embedding"]
+    extra = positions[-1:].repeat(context_length - old, 1)
+    state["positional_embedding"] = torch.cat([positions, extra + 0.01 * torch.randn_like(extra)])
+    longer.model.load_state_dict(state)
+    return longer
 
 
 def build_optimisation(clip: CLIPEncoder, config: TrainConfig) -> Optimisation:
@@ -343,6 +373,11 @@ def _check_config(config: TrainConfig) -> None:
     check_run(config.steps, config.batch_size)
     if config.batch_size < 2:
         raise InvalidInputError("--batch-size must be at least 2 for a contrastive loss")
+    if config.context_length is not None and config.model is None:
+        raise InvalidInputError("--context-length lengthens a model to fine-tune (--model); a new model takes its "
+                                "context from --model-config")
+    if not 0 <= config.chinese_share <= 1:
+        raise InvalidInputError(f"--chinese-share must be between 0 and 1, got {config.chinese_share}")
     if not 0 <= config.augment_share <= 1:
         raise InvalidInputError(f"--augment-share must be between 0 and 1, got {config.augment_share}")
 
@@ -416,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--model", help="model to fine-tune: open_clip architecture, built-in name or checkpoint file")
     m.add_argument("--pretrained", help="open_clip pretrained tag or weights file for --model")
     m.add_argument("--model-config", help="JSON open_clip config for a new model (default without --model: built-in tiny config)")
+    m.add_argument("--context-length", type=int,
+                   help="lengthen --model's text context to this many tokens (Chinese needs ~3 BPE tokens a character)")
     data = p.add_argument_group("data")
     data.add_argument("--shapes", action="store_true", help="train on the synthetic shapes world, rendered on the fly")
     data.add_argument("--csv", help="image-caption CSV; image paths relative to its folder")
@@ -427,6 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "the model judges augmented cutouts as it judges clean images")
     data.add_argument("--augment-share", type=float, default=d.augment_share,
                       help="share of each batch that is augmented; the rest stays clean")
+    data.add_argument("--chinese-share", type=float, default=d.chinese_share,
+                      help="--shapes: share of captions given in Chinese (same images); also evaluates in Chinese")
     data.add_argument("--num-workers", type=int, default=d.num_workers, help="data loader worker processes")
     o = p.add_argument_group("optimisation")
     add_optimisation_arguments(o, d)

@@ -153,3 +153,73 @@ def test_backgrounds_contrast_with_the_shape():
         rgb = np.asarray(world.COLOURS[spec.colour] if isinstance(spec.colour, str) else spec.colour, dtype=float)
         for stop in (spec.background.colour, spec.background.colour_b):
             assert np.linalg.norm(np.asarray(stop, dtype=float) - rgb) >= world.MIN_CONTRAST
+
+
+# --- bilingual: Chinese captions, labels and the longer text context they need ---------------------------
+
+
+def test_chinese_captions_describe_the_same_images():
+    english, bilingual = world.ShapesDataset(400, seed=3), world.ShapesDataset(400, seed=3, chinese_share=0.5)
+    pairs = [(english.describe(i), bilingual.describe(i)) for i in range(400)]
+    assert all(e_spec == b_spec for (e_spec, _), (b_spec, _) in pairs)  # the same scenes, in the same order
+    chinese = [(spec, caption) for _, (spec, caption) in pairs if world.re.search("[\u4e00-\u9fff]", caption)]
+    assert 150 <= len(chinese) <= 250 and len({caption for _, caption in chinese}) > 100
+    for spec, caption in chinese:  # every named colour and shape it mentions is the scene's
+        if isinstance(spec.colour, str) and any(word in caption for word in world.COLOURS_ZH.values()):
+            assert world.COLOURS_ZH[spec.colour] in caption
+        if spec.shape in world.SHAPES and "图形" not in caption:
+            assert world.chinese_to_english_words(caption).split().count(spec.shape) == 1
+    np.testing.assert_array_equal(english.item(5)[0], bilingual.item(5)[0])
+
+
+def test_chinese_captions_and_labels_fit_the_bilingual_context():
+    import open_clip
+
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    dataset = world.ShapesDataset(2000, seed=4, chinese_share=1.0)
+    texts = [dataset.describe(i)[1] for i in range(2000)]
+    texts += [t.format(label) for t in world.PROMPT_TEMPLATES_ZH for label in world.pair_labels("zh")]
+    assert max(len(tokenizer.encode(text)) + 2 for text in texts) <= 48
+
+
+@pytest.mark.parametrize("caption, expected", [
+    ("一个红色的圆形", ("red", "circle", "centre", "large")),
+    ("蓝色的正方形", ("blue", "square", "centre", "large")),
+    ("左边有一个蓝色的正方形", ("blue", "square", "left", "large")),
+    ("一颗黄色的五角星", ("yellow", "star", "centre", "large")),
+    ("一个小的白色三角形在上面", ("white", "triangle", "top", "small")),
+])
+def test_chinese_captions_render(caption, expected):
+    spec = world.parse_caption(caption)
+    assert (spec.colour, spec.shape, spec.position, spec.size) == expected
+    np.testing.assert_array_equal(world.render_canonical(caption), world.render_canonical(
+        f"a {expected[3]} {expected[0]} {expected[1]} {world.POSITION_PHRASES[expected[2]]}"))
+
+
+def test_chinese_labels_name_every_pair_once():
+    labels = world.pair_labels("zh")
+    assert len(set(labels)) == len(world.COLOURS) * len(world.SHAPES) and labels[3] == "一颗红色的五角星"
+    def english(label: str) -> list[str]:
+        return world.re.findall("[a-z]+", world.chinese_to_english_words(label))
+
+    assert [english(label) for label in world.colour_labels("zh")] == [[colour] for colour in world.COLOURS]
+    assert [english(label) for label in world.shape_labels("zh")] == [[shape] for shape in world.SHAPES]
+
+
+def test_chinese_share_out_of_range_is_refused():
+    with pytest.raises(InvalidInputError, match="chinese_share"):
+        world.ShapesDataset(4, chinese_share=1.5)
+
+
+def test_a_longer_context_keeps_what_the_model_says_about_short_texts():
+    from guidance import load_clip
+    from training.train_clip import with_context_length
+
+    clip = load_clip("shapes-tiny")
+    longer = with_context_length(clip, 48)
+    assert longer.context_length == 48 and longer.model.positional_embedding.shape[0] == 48
+    texts = ["a red circle", "a small blue square on the left"]
+    with torch.no_grad():
+        torch.testing.assert_close(longer.encode_text(texts), clip.encode_text(texts), rtol=0, atol=1e-5)
+    with pytest.raises(InvalidInputError, match="shorter than"):
+        with_context_length(clip, 8)
