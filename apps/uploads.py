@@ -54,8 +54,8 @@ def uploaded_mask(path: str | Path, size: tuple[int, int], max_pixels: int) -> I
     """An uploaded mask file (white = change) as an 'L' image; it must have the photo's size."""
     mask = read_upload(path, "L", max_pixels)
     if mask.size != tuple(size):
-        raise InvalidInputError(f"the uploaded mask is {mask.width}x{mask.height} but the photo is {size[0]}x{size[1]}; "
-                                "draw the mask on the same photo at the same size")
+        raise InvalidInputError(f"the uploaded mask is {mask.width}x{mask.height} but the photo is "
+                                f"{size[0]}x{size[1]}; draw the mask on the same photo at the same size")
     return mask
 
 
