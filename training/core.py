@@ -115,13 +115,15 @@ class Optimisation:
         return self.optimizer.param_groups[0]["lr"]
 
     def step(self, loss: torch.Tensor) -> bool:
-        """Backpropagate `loss`, clip the gradient norm, step, and advance the schedule.
+        """Backpropagate `loss`, average the gradients over the data-parallel processes (if any), clip the
+        gradient norm, step, and advance the schedule.
 
         A step whose gradient is not finite (a NaN or infinite loss included) is skipped, so that one bad batch
         cannot turn every weight into NaN; the schedule advances all the same. Returns whether the step was taken."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+        average_gradients(parameters)
         norm = torch.nn.utils.clip_grad_norm_(parameters, self.grad_clip if self.grad_clip else math.inf)
         taken = bool(torch.isfinite(norm))
         if taken:
@@ -174,6 +176,59 @@ def evaluating(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
         yield module
     finally:
         module.train(was_training)
+
+
+# --- data parallel -----------------------------------------------------------------------------------
+
+
+def process_group() -> tuple[int, int]:
+    """(rank, number of processes) of the data-parallel run: (0, 1) unless torch.distributed is initialised
+    (as `accelerate launch` or torchrun do)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def local_share(items: Sequence[Any]) -> Sequence[Any]:
+    """This process's share of a global batch: the rank-th of `world` equal consecutive parts (all of it for one
+    process). The global batch, and so the data order, does not depend on the number of processes."""
+    rank, world = process_group()
+    if len(items) % world:
+        raise InvalidInputError(f"--batch-size {len(items)} does not split over {world} processes; use a multiple "
+                                f"of {world}")
+    size = len(items) // world
+    return items[rank * size:(rank + 1) * size]
+
+
+def gather_with_grad(features: torch.Tensor) -> torch.Tensor:
+    """Every process's features concatenated in rank order, gradients flowing back to each process's own
+    (open_clip's gather_with_grad): a contrastive loss over them sees the negatives of every process.
+
+    When each process computes the same loss over the gathered features, each local feature's gradient comes
+    back summed over the N processes (N times the loss's), and `average_gradients` divides by N again: the
+    parameters get the gradient of one process over the whole global batch."""
+    _, world = process_group()
+    if world == 1:
+        return features
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(features), dim=0)
+
+
+def average_gradients(parameters: Sequence[torch.nn.Parameter]) -> None:
+    """Average the parameters' gradients over the processes (what DDP does), in one flat all-reduce; nothing for
+    a single process."""
+    _, world = process_group()
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if world == 1 or not grads:
+        return
+    flat = torch.cat([grad.reshape(-1) for grad in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
 
 
 # --- the loop -----------------------------------------------------------------------------------------
