@@ -152,8 +152,10 @@ def load_folder(request: ClipRequest) -> TransformersCLIPEncoder:
     if not folder.is_dir():
         raise InvalidInputError(f"CLIP model folder {folder} does not exist")
     if not (folder / "config.json").is_file():
-        raise InvalidInputError(f"CLIP model folder {folder} has no config.json; save the model there with "
-                                "model.save_pretrained(folder) (plus its tokenizer and image processor)")
+        weights = sorted(folder.glob("*.safetensors"))
+        hint = (f"; for an open_clip checkpoint give the file itself, e.g. {weights[0]}" if weights else
+                "; save the model there with model.save_pretrained(folder) (plus its tokenizer and image processor)")
+        raise InvalidInputError(f"CLIP model folder {folder} has no config.json{hint}")
     try:
         config = load_config(str(folder), None, local_only=True)
         return build(str(folder), config, request.name, None, local_only=True)

@@ -164,7 +164,10 @@ def test_folder_without_config_is_refused_in_one_line(tmp_path):
     (tmp_path / "weights").mkdir()
     with pytest.raises(InvalidInputError, match="has no config.json") as caught:
         load_clip(str(tmp_path / "weights"))
-    assert "\n" not in str(caught.value)
+    assert "\n" not in str(caught.value) and "save_pretrained" in str(caught.value)
+    (tmp_path / "weights" / "model.safetensors").write_bytes(b"")
+    with pytest.raises(InvalidInputError, match="give the file itself, e.g. .*model.safetensors"):
+        load_clip(str(tmp_path / "weights"))
 
 
 def test_unknown_model_class_in_a_folder_is_refused_in_one_line(folders, tmp_path):
