@@ -531,8 +531,8 @@ class WebApp:
             yield outputs(status="Loading the models…")
             self._load(job)
             yield from self._execute(job, list(results or []), stop, progress)
-        except Exception as error:
-            message = error_message(error)
+        except Exception as error:  # one line, naming the results folder without where the server keeps it
+            message = error_message(error).replace(str(self.config.output_dir), self.config.output_dir.name)
             yield outputs(status=f"**Error:** {html.escape(message, quote=False)}")
             raise gr.Error(html.escape(message, quote=False), print_exception=False) from None
         finally:
@@ -842,10 +842,15 @@ def config_from(args: argparse.Namespace) -> AppConfig:
     if args.keep_results_mb is not None and not args.keep_results_mb > 0:
         raise InvalidInputError(f"--keep-results-mb must be more than 0, got {args.keep_results_mb}")
     policy = ModelPolicy.build(read_model_lists(args.models), args.allow_custom_models, args.model_dir)
+    output_dir = args.output_dir.expanduser().resolve()
+    model_dir = policy.model_dir
+    if model_dir and (output_dir.is_relative_to(model_dir) or model_dir.is_relative_to(output_dir)):
+        raise InvalidInputError(f"--model-dir {model_dir} and --output-dir {output_dir} overlap, so uploads "
+                                "could be loaded as models; keep them apart")
     return AppConfig(device=args.device, max_size=args.max_size, max_steps=args.max_steps, max_cutn=args.max_cutn,
                      max_num_images=args.max_num_images, max_queue=args.max_queue,
                      max_upload_pixels=args.max_upload_pixels, keep_results=args.keep_results,
-                     keep_results_mb=args.keep_results_mb, output_dir=args.output_dir.expanduser().resolve(),
+                     keep_results_mb=args.keep_results_mb, output_dir=output_dir,
                      models=policy)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from guidance.backends import CHECKPOINT_SUFFIXES
-from guidance.clip_models import parse_clip_spec
+from guidance.clip_models import HUB_PREFIXES, parse_clip_spec
 from guidance.errors import InvalidInputError
 from pipelines.registry import get_pipeline_spec, pipeline_names
 
@@ -115,6 +115,9 @@ class ModelPolicy:
         if not self.allow_custom:
             self._refuse(spec, "CLIP model", CLIP_KIND)
         fields = [self._custom(part, "CLIP model", CLIP_KIND, spec) for part in (name, pretrained) if part]
+        if not pretrained and not name.startswith(HUB_PREFIXES) and self._inside_model_dir(name) is None:
+            raise InvalidInputError(f"CLIP model {spec!r} names no weights, so it would be built with random ones "
+                                    f"that guide nothing; name them, e.g. {name}:openai")
         return ":".join(fields) + (f":{weight:g}" if weight != 1 else "")
 
     def _custom(self, name: str, label: str, kind: str, shown: str | None = None) -> str:

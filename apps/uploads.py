@@ -56,6 +56,9 @@ def uploaded_mask(path: str | Path, size: tuple[int, int], max_pixels: int) -> I
     if mask.size != tuple(size):
         raise InvalidInputError(f"the uploaded mask is {mask.width}x{mask.height} but the photo is "
                                 f"{size[0]}x{size[1]}; draw the mask on the same photo at the same size")
+    if mask.getextrema()[1] == 0:
+        raise InvalidInputError("the uploaded mask is all black, so nothing would change; paint the region to edit "
+                                "white")
     return mask
 
 

@@ -110,6 +110,15 @@ def test_free_names_never_name_a_path_outside_the_model_dir(tmp_path, name):
         policy.check_model("vqgan_clip", name, "VQGAN")
 
 
+def test_a_typed_clip_must_name_its_weights():
+    policy = ModelPolicy.build(allow_custom=True)
+    with pytest.raises(InvalidInputError, match="^CLIP model 'ViT-L-14' names no weights, so it would be built with "
+                                                "random ones that guide nothing; name them, e.g. ViT-L-14:openai$"):
+        policy.check_clip("ViT-L-14")
+    hub = "hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
+    assert policy.check_clip(hub) == hub
+
+
 def test_names_inside_the_model_dir_load_by_their_absolute_path(tmp_path):
     models = tmp_path / "models"
     (models / "my-ddpm").mkdir(parents=True)

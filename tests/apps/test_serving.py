@@ -190,6 +190,23 @@ def test_bad_settings_exit_2_with_one_line(capsys, argv, message):
     assert error.startswith(message) and "\n" not in error
 
 
+def test_model_and_output_folders_must_not_overlap(tmp_path, capsys):
+    (tmp_path / "results").mkdir()
+    assert run_cli(main, ["--device", "cpu", "--model-dir", str(tmp_path), "--output-dir",
+                          str(tmp_path / "results")]) == 2
+    assert "overlap, so uploads could be loaded as models; keep them apart" in capsys.readouterr().err
+
+
+def test_errors_do_not_show_where_the_server_keeps_results(tmp_path):
+    def loader(*key):
+        raise InvalidInputError(f"cannot read {tmp_path / 'results' / 'run' / 'init.png'}: broken")
+
+    app = WebApp(AppConfig(device="cpu", output_dir=tmp_path / "results"), PipelineCache(loader=loader))
+    with pytest.raises(gr.Error) as caught:
+        list(generate(app, "private"))
+    assert caught.value.message == "cannot read results/run/init.png: broken"
+
+
 def test_health_names_the_device_the_line_and_the_models_loaded(tmp_path):
     loads = []
     app = WebApp(AppConfig(device="cpu", output_dir=tmp_path, max_queue=5),

@@ -89,6 +89,9 @@ def test_an_uploaded_mask_must_have_the_photos_size(tmp_path):
     message = one_line_error(uploaded_mask, tmp_path / "mask.png", (16, 8), 10**6)
     assert message == ("the uploaded mask is 8x8 but the photo is 16x8; draw the mask on the same photo at the "
                        "same size")
+    Image.new("L", (8, 8), 0).save(tmp_path / "black.png")
+    assert "is all black, so nothing would change" in one_line_error(uploaded_mask, tmp_path / "black.png", (8, 8),
+                                                                     10**6)
 
 
 def test_the_editor_hands_over_files_undecoded(png_bomb):
