@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import re
 import shutil
 import sys
@@ -179,6 +180,18 @@ def evaluating(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 
 # --- data parallel -----------------------------------------------------------------------------------
+
+
+def start_data_parallel(device: str) -> str:
+    """Join the data-parallel run that `accelerate launch` (or torchrun) started, if any: accelerate initialises
+    the process group (gloo on the CPU, NCCL on GPUs); returns this process's device (its own GPU). A plain run
+    is left as it is."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device
+    from accelerate import PartialState
+
+    state = PartialState(cpu=torch.device(device).type == "cpu")
+    return device if state.device.type == "cpu" else str(state.device)
 
 
 def process_group() -> tuple[int, int]:

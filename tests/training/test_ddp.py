@@ -4,6 +4,8 @@ gradients of one process with batch 2B, because the features are gathered with t
 from __future__ import annotations
 
 import copy
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -13,7 +15,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from guidance import InvalidInputError, load_clip
-from training.core import Optimisation, average_gradients, gather_with_grad, local_share, process_group
+from training.core import (Optimisation, average_gradients, gather_with_grad, local_share, process_group,
+                           start_data_parallel)
 from training.train_clip import contrastive_loss
 
 GLOBAL_BATCH = 8
@@ -48,12 +51,14 @@ def one_step(config: dict) -> dict:
             "params": {name: p.detach().clone() for name, p in clip.model.named_parameters()}}
 
 
-def worker(rank: int, world: int, store: str, out: str, config: dict) -> None:
-    """One gloo process: join the group, run `one_step`, save its result."""
+def worker(rank: int, world: int, port: int, out: str, config: dict) -> None:
+    """One process as `accelerate launch` starts it (its rank in the environment): join the group through
+    accelerate (gloo on the CPU), run `one_step`, save its result."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
     try:
-        assert process_group() == (rank, world)
+        assert start_data_parallel("cpu") == "cpu" and process_group() == (rank, world)
         torch.save(one_step(config), Path(out) / f"rank-{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -61,8 +66,11 @@ def worker(rank: int, world: int, store: str, out: str, config: dict) -> None:
 
 def run_processes(world: int, tmp_path: Path, config: dict, timeout: float = 240) -> list[dict]:
     """Run `worker` in `world` spawned processes (bounded in time); their results in rank order."""
-    context = mp.start_processes(worker, args=(world, str(tmp_path / "store"), str(tmp_path), config), nprocs=world,
-                                 join=False, start_method="spawn")
+    with socket.socket() as probe:  # a free localhost port for the group's rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = mp.start_processes(worker, args=(world, port, str(tmp_path), config), nprocs=world, join=False,
+                                 start_method="spawn")
     deadline = time.monotonic() + timeout
     while not context.join(timeout=1):
         if time.monotonic() > deadline:
@@ -90,7 +98,7 @@ def test_two_processes_with_batch_b_give_the_loss_and_gradients_of_one_with_batc
 
 def test_without_a_process_group_everything_is_local():
     features = torch.rand(4, 3, requires_grad=True)
-    assert process_group() == (0, 1)
+    assert process_group() == (0, 1) and start_data_parallel("cpu") == "cpu"
     assert gather_with_grad(features) is features
     assert local_share([1, 2, 3]) == [1, 2, 3]
     parameter = torch.nn.Parameter(torch.ones(2))
