@@ -76,6 +76,8 @@ class NoiseGenerator(LatentGenerator):
         scale = 1.0 if cfg_scale is None else cfg_scale
         self.condition: TextCondition | None = model.condition(prompt, negative, scale)
         self.checkpointing = checkpointing
+        config = model.scheduler_config
+        self.clip_range = float(config.get("clip_sample_range", 1.0)) if config.get("clip_sample") else None
 
     @property
     def factor(self) -> int:
@@ -94,8 +96,14 @@ class NoiseGenerator(LatentGenerator):
         return ddim_invert(self.model, self.model.from_image(images), self.timesteps[::-1], self.condition, 1.0)
 
     def _step(self, x: torch.Tensor, t: int, alpha_to: float) -> torch.Tensor:
-        """One deterministic DDIM step from timestep t to noise level `alpha_to`."""
-        return ddim_move(x, self.model.predict_eps(x, t, self.condition), self.model.alpha_bar(t), alpha_to)
+        """One deterministic DDIM step from timestep t to noise level `alpha_to`; where the model's schedule clips
+        the predicted clean sample (`clip_sample`, as its own sampler does), the noise is re-derived from the clipped
+        one, as diffusers' DDIM does."""
+        eps, alpha = self.model.predict_eps(x, t, self.condition), self.model.alpha_bar(t)
+        if self.clip_range is not None:
+            x0 = self.model.predict_x0(x, t, eps).clamp(-self.clip_range, self.clip_range)
+            eps = (x - alpha**0.5 * x0) / (1 - alpha) ** 0.5
+        return ddim_move(x, eps, alpha, alpha_to)
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """[0, 1] images sampled from the noise by K DDIM steps, each checkpointed when gradients flow."""
