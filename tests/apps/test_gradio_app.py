@@ -1,4 +1,5 @@
-"""The web app's handlers, called directly (no browser): inputs, errors, streaming, stopping, saved recipes."""
+"""The web app's handlers (and the page built on them), called directly (no browser): inputs, errors, streaming,
+stopping, saved recipes."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from apps.gradio_app import (DIRECTIONAL_EDIT, INIT_IMAGE_EDIT, MASKED_EDIT, RUNS, AppConfig, PipelineCache, Preview,
-                             WebApp, build_app, build_parser, check_size, error_message, main, merge_negative_prompt,
-                             seed_of, stream_pipeline)
+from apps.gradio_app import build_app, build_parser, main
+from apps.handlers import (DIRECTIONAL_EDIT, INIT_IMAGE_EDIT, MASKED_EDIT, RUNS, AppConfig, PipelineCache, Preview,
+                           WebApp, check_size, error_message, merge_negative_prompt, seed_of, stream_pipeline)
 from apps.model_policy import ModelPolicy
 from guidance.errors import InvalidInputError
 from guidance.images import read_recipe

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import gradio as gr
 import pytest
 
-from apps.gradio_app import AppConfig, PipelineCache, WebApp
+from apps.handlers import AppConfig, PipelineCache, WebApp
 from apps.model_policy import ModelPolicy, model_kinds, read_model_lists, shipped_models
 from guidance.errors import InvalidInputError
 from pipelines.registry import get_pipeline_spec, pipeline_names

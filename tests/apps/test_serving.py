@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from apps.access import exposure_warning, is_loopback, read_credentials
-from apps.gradio_app import AppConfig, PipelineCache, WebApp, build_parser, config_from, main
+from apps.gradio_app import build_parser, config_from, main
+from apps.handlers import AppConfig, PipelineCache, WebApp
 from apps.results import RUN_FOLDER, new_run_folder, prune_results
 from apps.run_queue import RunQueue, ServerBusy
 from guidance.errors import InvalidInputError
