@@ -218,3 +218,36 @@ def test_health_names_the_device_the_line_and_the_models_loaded(tmp_path):
     assert app.health()["models_loaded"] == ["vqgan_clip shapes-tiny (CLIP shapes-tiny) on cpu"]
     assert app.status_line() == ("Server: cpu, idle, 0 of at most 5 runs waiting. Models loaded: vqgan_clip "
                                  "shapes-tiny (CLIP shapes-tiny) on cpu.")
+
+
+class LaunchSpy:
+    """Stands in for the built page: records how main launches it, and Gradio's cache folder at that moment."""
+
+    def __init__(self) -> None:
+        self.launches: list[dict] = []
+
+    def build(self, config: AppConfig) -> LaunchSpy:
+        self.cache_dir = os.environ.get("GRADIO_TEMP_DIR")
+        self.config = config
+        return self
+
+    def launch(self, **settings) -> None:
+        self.launches.append(settings)
+
+
+@pytest.mark.parametrize("argv, warned, auth", [
+    (["--host", "0.0.0.0"], True, None),
+    (["--share"], True, None),
+    (["--host", "0.0.0.0", "--auth", "ana:pw"], False, [("ana", "pw")]),
+    ([], False, None),
+])
+def test_main_launches_with_logins_the_output_folder_only_and_warns_when_exposed(tmp_path, monkeypatch, capsys, argv,
+                                                                                 warned, auth):
+    spy = LaunchSpy()
+    monkeypatch.setattr("apps.gradio_app.build_app", spy.build)
+    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)
+    assert main(["--device", "cpu", "--output-dir", str(tmp_path / "out"), *argv]) == 0
+    (settings,) = spy.launches
+    assert settings["auth"] == auth and settings["allowed_paths"] == [str(tmp_path / "out")]
+    assert spy.cache_dir == str(tmp_path / "out" / "gradio-cache") and "GRADIO_TEMP_DIR" not in os.environ
+    assert ("without a login" in capsys.readouterr().err) == warned
