@@ -6,6 +6,11 @@ name) or a new one built from a config (a JSON file, or the built-in tiny shapes
 Batches depend only on (seed, step), so a resumed run continues exactly where it stopped. The schedule,
 checkpoints, resume and error exit are the ones all trainers share (training/core.py).
 
+Data parallel: under `accelerate launch --multi_gpu --num_processes N` each process takes its consecutive share
+of every global batch (`--batch-size`, a multiple of N) and the loss is taken over the features of all of them,
+gathered with their gradients, so N processes train as one process with the whole batch; the first process
+evaluates, checkpoints and saves, and a checkpoint resumes on any number of processes.
+
 CLI: python -m training.train_clip --shapes --steps 2400 --checkpoint-dir runs/clip --out runs/clip.safetensors
 """
 
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import dataclasses
 import json
 import math
 import sys
@@ -35,7 +41,8 @@ from guidance.errors import InvalidInputError
 from training import core
 from training import shapes_world as world
 from training.core import (EVAL_SEED, WEIGHTS_FILE, Optimisation, OptimisationConfig, add_optimisation_arguments,
-                           check_run, evaluating, on_threads, require_checkpoint, restore, run_steps, train_or_exit)
+                           check_run, evaluating, gather_with_grad, local_share, on_threads, process_group,
+                           require_checkpoint, restore, run_steps, start_data_parallel, train_or_exit)
 
 MAX_LOGIT_SCALE = 100.0
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.", "a picture of a {}.", "a {}.")
@@ -186,8 +193,8 @@ class StepBatches(Sampler):
         return [int(self._order(p // self.size)[p % self.size]) for p in positions]
 
     def __iter__(self) -> Iterator[list[int]]:
-        """The batches in step order."""
-        return (self.batch(step) for step in range(self.start, self.stop))
+        """This process's share of the batches (all of each for one process), in step order."""
+        return (list(local_share(self.batch(step))) for step in range(self.start, self.stop))
 
 
 def _training_data(config: TrainConfig, image_size: int, start: int) -> DataLoader:
@@ -383,8 +390,10 @@ def _check_config(config: TrainConfig) -> None:
 
 
 def train_step(clip: CLIPEncoder, optimisation: Optimisation, images: torch.Tensor, captions: Sequence[str]) -> float:
-    """One optimisation step on a batch (skipped when its gradient is not finite); returns the loss before it."""
-    loss = contrastive_loss(clip.encode_image(images), clip.encode_text(list(captions)), clip.model.logit_scale)
+    """One optimisation step on a batch (skipped when its gradient is not finite); returns the loss before it.
+    Under data parallel the loss is over every process's features (the global batch)."""
+    loss = contrastive_loss(gather_with_grad(clip.encode_image(images)),
+                            gather_with_grad(clip.encode_text(list(captions))), clip.model.logit_scale)
     if optimisation.step(loss):
         with torch.no_grad():
             clip.model.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
@@ -404,6 +413,11 @@ def _start(config: TrainConfig) -> tuple[CLIPEncoder, Optimisation, int]:
 def train(config: TrainConfig) -> TrainResult:
     """Run (or resume) training as configured; evaluate, checkpoint and save the final weights."""
     _check_config(config)
+    config = dataclasses.replace(config, device=start_data_parallel(config.device))
+    local_share(range(config.batch_size))  # refuses a batch that does not split over the processes
+    first = process_group()[0] == 0  # evaluates, checkpoints and saves; the others only train
+    if not first:
+        config = dataclasses.replace(config, progress=False, eval_every=0)
     started = time.perf_counter()
     clip, optimisation, start = _start(config)
     batches = iter(_training_data(config, config.image_size or clip.image_size, start))
@@ -424,10 +438,10 @@ def train(config: TrainConfig) -> TrainResult:
     run_steps(step, start, config, "train",
               evaluate=lambda done: tqdm.write(f"step {done}: " + _format(evaluate(clip, config))),
               checkpoint=(lambda done: save_checkpoint(config.checkpoint_dir, clip, optimisation, done))
-              if config.checkpoint_dir else None, final_checkpoint=True)
+              if config.checkpoint_dir and first else None, final_checkpoint=True)
     clip.model.eval().requires_grad_(False)
-    result.metrics = evaluate(clip, config)
-    if config.out:
+    result.metrics = evaluate(clip, config) if first else {}
+    if config.out and first:
         save_weights(clip, config.out, config.fp16)
     result.seconds = time.perf_counter() - started
     return result

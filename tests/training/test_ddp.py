@@ -4,8 +4,13 @@ gradients of one process with batch 2B, because the features are gathered with t
 from __future__ import annotations
 
 import copy
+import json
+import math
 import os
+import shutil
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -111,3 +116,45 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused(monkeypatch):
     monkeypatch.setattr("training.core.process_group", lambda: (0, 3))
     with pytest.raises(InvalidInputError, match="--batch-size 8 does not split over 3 processes"):
         local_share(list(range(8)))
+
+
+MICRO = {  # a one-layer ViT CLIP: a training step takes milliseconds
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "patch_size": 16, "width": 32, "layers": 1, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None,
+                    reason="accelerate's launcher is not installed beside this Python")
+def test_train_clip_under_accelerate_launch_trains_as_one_process_and_resumes_on_one(tmp_path):
+    from training import train_clip as tc
+
+    (tmp_path / "micro.json").write_text(json.dumps(MICRO))
+    flags = ["--shapes", "--model-config", str(tmp_path / "micro.json"), "--batch-size", "8", "--lr", "1e-3",
+             "--warmup-steps", "1", "--no-progress", "--no-eval-shapes", "--threads", "1", "--device", "cpu"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_ip",
+              "127.0.0.1", "--main_process_port", str(port), "-m", "training.train_clip"]
+    done = subprocess.run([*launch, *flags, "--steps", "2", "--checkpoint-dir", str(tmp_path / "two")],
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "two").iterdir()] == ["step-00000002"], "one process writes checkpoints"
+    two_losses = [float(line.split("final loss ")[1].split(";")[0]) for line in done.stdout.splitlines()
+                  if "final loss" in line]
+    assert len(two_losses) == 2 and two_losses[0] == two_losses[1], "both processes see the global loss"
+
+    config = tc.TrainConfig
+    base = dict(shapes=True, model_config=str(tmp_path / "micro.json"), batch_size=8, lr=1e-3, warmup_steps=1,
+                progress=False, eval_shapes=False, threads=1, steps=2)
+    one = tc.train(config(**base))
+    assert abs(one.losses[-1] - two_losses[0]) < 1e-3  # Adam's first step is about lr * sign(gradient)
+    state = torch.load(tmp_path / "two" / "step-00000002" / "state.pt", weights_only=True)
+    assert state["step"] == 2
+    resumed = tc.train(config(**{**base, "steps": 4, "resume": str(tmp_path / "two")}))
+    assert len(resumed.losses) == 2 and all(math.isfinite(loss) for loss in resumed.losses)
