@@ -51,7 +51,7 @@ class Method:
     settings: dict[str, Any]  # the pipeline call's settings (besides prompt, seed and the edit's inputs)
     size: int  # the image side it works at
     edit: str | None = None  # None (text to image), 'masked' or 'directional'
-    options: dict[str, Any] = field(default_factory=dict)  # fixed call options recorded apart (e.g. the method)
+    recorded: dict[str, Any] = field(default_factory=dict)  # settings fixed at load time, recorded in the JSON
 
 
 def _vqgan() -> Any:
@@ -72,16 +72,30 @@ def _diffusion() -> Any:
     return CLIPGuidedDiffusionPipeline.from_pretrained("shapes-tiny", ["shapes-tiny"], device="cpu")
 
 
+def _noise() -> Callable[..., Any]:
+    """Noise optimisation as a call: the loop is set up per prompt (a text-conditioned model follows it)."""
+    from pipelines.clip_guided_diffusion import NoiseOptimizationPipeline
+
+    diffusion = _diffusion()
+    sampler_steps = NOISE_RECORDED["sampler_steps"]
+    return lambda prompt, **options: NoiseOptimizationPipeline.on(diffusion, prompt, sampler_steps)(prompt, **options)
+
+
 OPTIMISED = {"size": 64, "steps": 100, "cutn": 16}
 SAMPLED = {"steps": 50, "cutn": 16}
+NOISE_RECORDED = {"method": "noise", "sampler_steps": 4}  # the short sampler's DDIM steps
+NOISE_CALL = {"steps": 30, "cutn": 16}  # steps: the noise's optimisation iterations
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("vqgan_clip", _vqgan, OPTIMISED, 64),
     Method("pixels_clip", _pixels, OPTIMISED, 64),
     Method("diffusion_sampler", _diffusion, SAMPLED, 32),
+    Method("diffusion_noise", _noise, NOISE_CALL, 32, recorded=NOISE_RECORDED),
     Method("vqgan_masked", _vqgan, OPTIMISED, 64, edit="masked"),
     Method("vqgan_directional", _vqgan, OPTIMISED, 64, edit="directional"),
     Method("diffusion_masked", _diffusion, SAMPLED, 32, edit="masked"),
     Method("diffusion_inversion", _diffusion, SAMPLED, 32, edit="directional"),
+    Method("noise_masked", _noise, NOISE_CALL, 32, edit="masked", recorded=NOISE_RECORDED),
+    Method("noise_directional", _noise, NOISE_CALL, 32, edit="directional", recorded=NOISE_RECORDED),
 )}
 
 
@@ -125,7 +139,7 @@ def run_one(method: Method, pipe: Any, colour: str, shape: str, seed: int,
         source, extra, region = edit_inputs(method, colour, shape)
     started = time.perf_counter()
     output = pipe(prompt_of(colour, shape), seed=seed, progress=False, save_every=0, **method.settings,
-                  **method.options, **extra)
+                  **extra)
     image = output.images[0]
     save_png(image, folder / f"{colour}-{shape}-{seed}.png", output.recipe)
     row = {"colour": colour, "shape": shape, "seed": seed, "seconds": round(time.perf_counter() - started, 2),
@@ -187,7 +201,7 @@ def run(methods: list[str], items: list[tuple[str, str, int]], out: Path, progre
     for name in methods:
         method = METHODS[name]
         pipe = method.load()
-        report["settings"][name] = {**method.settings, **method.options, "edit": method.edit,
+        report["settings"][name] = {**method.settings, **method.recorded, "edit": method.edit,
                                     "size": method.settings.get("size", method.size)}
         rows, images = [], []
         for colour, shape, seed in tqdm(items, desc=name, disable=not progress, dynamic_ncols=True):
