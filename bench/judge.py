@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -38,10 +38,6 @@ class Verdict:
     iou: float  # that match's intersection over union with its template
     colour_hit: bool
     shape_hit: bool
-
-    def as_dict(self) -> dict:
-        """The verdict as a JSON-ready dict."""
-        return asdict(self)
 
 
 def _as_array(image: Image.Image | np.ndarray) -> np.ndarray:

@@ -142,8 +142,10 @@ def run_one(method: Method, pipe: Any, colour: str, shape: str, seed: int,
                   **extra)
     image = output.images[0]
     save_png(image, folder / f"{colour}-{shape}-{seed}.png", output.recipe)
+    verdict = judge(image, colour, shape)
     row = {"colour": colour, "shape": shape, "seed": seed, "seconds": round(time.perf_counter() - started, 2),
-           **judge(image, colour, shape).as_dict()}
+           "found_colour": verdict.colour, "found_shape": verdict.shape, "iou": verdict.iou,
+           "colour_hit": verdict.colour_hit, "shape_hit": verdict.shape_hit}
     if source is not None:
         inside, outside = region_change(source, image, region)
         row.update(change_inside=round(inside, 2), change_outside=round(outside, 2))
