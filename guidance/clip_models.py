@@ -23,6 +23,7 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 # Models that ship inside the package: name -> open_clip safetensors file holding weights and config.
 BUILTIN_CLIP_MODELS: dict[str, Path] = {
     "shapes-tiny": WEIGHTS_DIR / "shapes-tiny-clip.safetensors",
+    "shapes-tiny-zh": WEIGHTS_DIR / "shapes-tiny-zh-clip.safetensors",  # bilingual: English and Chinese
 }
 
 __all__ = ["BUILTIN_CLIP_MODELS", "CLIP_SOURCES", "CLIPEncoder", "ClipRequest", "ClipSource", "OpenCLIPEncoder",
