@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import sys
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -197,13 +198,18 @@ def load_judge(spec: str, device: str | None) -> CLIPEncoder:
 def write_rows(header: Sequence[str], rows: Sequence[Sequence[object]], csv_path: str | None) -> None:
     """Print rows as an aligned table on stdout, and write them to a CSV file when asked."""
     cells = [list(map(str, header))] + [[format_cell(cell) for cell in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    widths = [max(display_width(row[i]) for row in cells) for i in range(len(header))]
     for row in cells:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(cell + " " * (width - display_width(cell)) for cell, width in zip(row, widths)).rstrip())
     if csv_path:
         with open(csv_path, "w", newline="", encoding="utf-8") as handle:
             csv.writer(handle).writerows([header, *[[format_cell(cell) for cell in row] for row in rows]])
         print(f"wrote {csv_path}", file=sys.stderr)
+
+
+def display_width(text: str) -> int:
+    """Terminal columns a text takes: wide (e.g. Chinese) characters take two."""
+    return sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
 
 
 def format_cell(cell: object) -> str:
