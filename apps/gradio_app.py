@@ -34,6 +34,7 @@ from pipelines.registry import get_pipeline_spec
 
 CACHE_CLEANUP_S = 3600  # Gradio's uploads and streamed previews are deleted after an hour
 GRADIO_CACHE = "gradio-cache"  # where the served app keeps Gradio's cache, inside its output folder
+SPARE_THREADS = 16  # worker threads beyond the runs in line, for Stop, health and the pickers
 
 
 # --- the page -------------------------------------------------------------------------------------------------
@@ -280,6 +281,12 @@ def config_from(args: argparse.Namespace) -> AppConfig:
                      models=policy)
 
 
+def worker_threads(config: AppConfig) -> int:
+    """Gradio's worker threads: each run in line holds one while it waits, and Stop, the health check and the
+    model pickers need free ones besides (Gradio's default is 40)."""
+    return max(40, config.max_queue + 2 + SPARE_THREADS)
+
+
 @contextmanager
 def gradio_cache_in(folder: Path) -> Iterator[None]:
     """Gradio's cache (uploads, the copies it serves) in `folder` while the app is built and served, so that with
@@ -307,7 +314,7 @@ def main(argv: list[str]) -> int:
         with gradio_cache_in(config.output_dir / GRADIO_CACHE):
             build_app(config).launch(server_name=args.host, server_port=args.port, share=args.share,
                                      auth=credentials or None, max_file_size=config.max_upload_bytes,
-                                     allowed_paths=[str(config.output_dir)])
+                                     allowed_paths=[str(config.output_dir)], max_threads=worker_threads(config))
     except OSError as error:  # port taken, address not available
         raise ToolkitError(f"cannot serve on {args.host}:{args.port} ({str(error).splitlines()[0]}); "
                            "pick another --port or --host") from None

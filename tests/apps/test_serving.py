@@ -238,7 +238,7 @@ class LaunchSpy:
 @pytest.mark.parametrize("argv, warned, auth", [
     (["--host", "0.0.0.0"], True, None),
     (["--share"], True, None),
-    (["--host", "0.0.0.0", "--auth", "ana:pw"], False, [("ana", "pw")]),
+    (["--host", "0.0.0.0", "--auth", "ana:pw", "--max-queue", "100"], False, [("ana", "pw")]),
     ([], False, None),
 ])
 def test_main_launches_with_logins_the_output_folder_only_and_warns_when_exposed(tmp_path, monkeypatch, capsys, argv,
@@ -249,5 +249,6 @@ def test_main_launches_with_logins_the_output_folder_only_and_warns_when_exposed
     assert main(["--device", "cpu", "--output-dir", str(tmp_path / "out"), *argv]) == 0
     (settings,) = spy.launches
     assert settings["auth"] == auth and settings["allowed_paths"] == [str(tmp_path / "out")]
+    assert settings["max_threads"] == max(40, spy.config.max_queue + 18)  # waiting runs hold a thread each
     assert spy.cache_dir == str(tmp_path / "out" / "gradio-cache") and "GRADIO_TEMP_DIR" not in os.environ
     assert ("without a login" in capsys.readouterr().err) == warned
