@@ -16,6 +16,7 @@ HUES = np.array([colorsys.rgb_to_hsv(*(c / 255 for c in COLOURS[name]))[0] for n
 
 # Every named colour, chromatic ones first: the classes of `pixel_colours` (index len(NAMED) means no named colour).
 NAMED = [*CHROMATIC, *(name for name in COLOURS if name not in CHROMATIC)]
+MIN_SATURATION, MIN_VALUE = 0.45, 0.3  # a pixel this saturated and bright has a hue
 # White is bright and unsaturated; black darker than the shapes' dark grey outline (value 40/255).
 WHITE_MAX_SATURATION, WHITE_MIN_VALUE, BLACK_MAX_VALUE = 0.2, 0.8, 0.12
 
@@ -33,7 +34,8 @@ def _chromatic(hsv: np.ndarray, min_saturation: float, min_value: float) -> tupl
     return (saturation >= min_saturation) & (value >= min_value), np.minimum(distance, 1 - distance).argmin(-1)
 
 
-def colour_shares(image: Image.Image | np.ndarray, min_saturation: float = 0.45, min_value: float = 0.3) -> dict[str, float]:
+def colour_shares(image: Image.Image | np.ndarray, min_saturation: float = MIN_SATURATION,
+                  min_value: float = MIN_VALUE) -> dict[str, float]:
     """Fraction of all pixels that are saturated and closest in hue to each named chromatic colour."""
     chromatic, nearest = _chromatic(_hsv(image), min_saturation, min_value)
     return {name: float((chromatic & (nearest == i)).mean()) for i, name in enumerate(CHROMATIC)}
@@ -43,7 +45,7 @@ def pixel_colours(image: Image.Image | np.ndarray) -> np.ndarray:
     """Each pixel's named colour as an index into NAMED (HxW ints): saturated pixels by nearest hue (as in
     `colour_shares`), then white and black; len(NAMED) for pixels of no named colour (greys, dark or pale tints)."""
     hsv = _hsv(image)
-    chromatic, nearest = _chromatic(hsv, 0.45, 0.3)
+    chromatic, nearest = _chromatic(hsv, MIN_SATURATION, MIN_VALUE)
     labels = np.where(chromatic, nearest, len(NAMED))
     saturation, value = hsv[..., 1], hsv[..., 2]
     labels[~chromatic & (saturation <= WHITE_MAX_SATURATION) & (value >= WHITE_MIN_VALUE)] = NAMED.index("white")
