@@ -31,7 +31,7 @@ from generators.diffusion import (SCHEDULERS, DiffusionModel, ddim_invert, final
 from generators.diffusion.noise import DEFAULT_NOISE_STEPS, NoiseGenerator
 from guidance.clip_loss import CLIPLoss, DirectionalCLIPLoss
 from guidance.clip_models import CLIPEncoder, load_clip_ensemble
-from guidance.cutouts import AUGMENT_PRESETS, MakeCutouts
+from guidance.cutouts import MakeCutouts
 from guidance.errors import InvalidInputError, ModelUnavailableError
 from guidance.images import png_output_path, tensor_to_pil
 from guidance.losses import range_loss, tv_loss
@@ -39,11 +39,11 @@ from guidance.memory import check_memory, estimate_run_bytes
 from guidance.outputs import check_folder
 from guidance.prompts import Prompt, parse_prompts
 from guidance.runtime import autocast, check_precision, explain_out_of_memory, pick_device, prepare_device, resolve_seed
-from guidance.validation import MAX_CUTN, MAX_STEPS, check_count, check_some_weight
-from pipelines.common import (CLIParser, InitImages, PipelineOutput, StepCallback, add_runtime_arguments,
-                              call_defaults, check_cli_outputs, check_cutouts, clean_recipe, command_line,
-                              directional_target, edit_mode, finish_cli, frame_of, load_edit_inputs, parse_size,
-                              round_size, run_cli, save_partial)
+from guidance.validation import MAX_STEPS, check_count, check_some_weight
+from pipelines.common import (CLIParser, DEFAULT_CLIP, InitImages, PipelineOutput, StepCallback,
+                              add_guidance_arguments, add_runtime_arguments, call_defaults, check_cli_outputs,
+                              check_cutouts, clean_recipe, command_line, directional_target, edit_mode, finish_cli,
+                              frame_of, load_edit_inputs, parse_size, round_size, run_cli, save_partial)
 from pipelines.latent_optimization import LatentOptimizationPipeline
 from pipelines.registry import PipelineSpec
 
@@ -51,7 +51,6 @@ if TYPE_CHECKING:
     from pipelines.diffusionclip import FinetuneOutput
 
 DEFAULT_MODEL = "google/ddpm-celebahq-256"
-DEFAULT_CLIP = "ViT-B-32:openai"
 DEFAULT_CLIP_SCALE = 1000.0  # Disco Diffusion's order of magnitude: clip 1000, tv 150, range 50
 DEFAULT_CFG_SCALE = 7.5
 MAX_INVERSION_REFINE = 100  # fixed-point refinements per inversion step (each one more UNet pass)
@@ -579,14 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="guide every K-th step (faster)")
     parser.add_argument("--cfg-scale", type=float, default=defaults["cfg_scale"],
                         help=f"classifier-free guidance of text-conditioned models (default {DEFAULT_CFG_SCALE:g})")
-    parser.add_argument("--cutn", type=int, default=defaults["cutn"],
-                        help=f"cutouts per guided step, 1 to {MAX_CUTN} (memory grows with it)")
-    parser.add_argument("--cut-pow", type=float, default=defaults["cut_pow"],
-                        help="cutout size power (higher: smaller cutouts)")
-    parser.add_argument("--augment", choices=AUGMENT_PRESETS, default=defaults["augment"],
-                        help="cutout augmentation preset")
-    parser.add_argument("--clip-model", action="append", default=None, metavar="NAME[:PRETRAINED][:WEIGHT]",
-                        help=f"CLIP model, repeatable for an ensemble (default: {DEFAULT_CLIP})")
+    add_guidance_arguments(parser, defaults, "guided step")
     parser.add_argument("--init-image", action="append", default=defaults["init_image"],
                         help="start from this image and edit it; repeat to edit several (NAME-1.png, NAME-2.png, ...)")
     parser.add_argument("--init-weight", type=float, default=defaults["init_weight"],

@@ -23,10 +23,13 @@ from guidance.errors import InvalidInputError, ToolkitError
 from guidance.images import attach_recipe, load_image, save_png
 from guidance.outputs import atomic_path, check_output, partial_path
 from guidance.prompts import parse_prompt
+from guidance.cutouts import AUGMENT_PRESETS
 from guidance.runtime import PRECISIONS
 from guidance.validation import MAX_CUTN, check_count, check_number
 
 MAX_SIDE = 4096
+
+DEFAULT_CLIP = "ViT-B-32:openai"  # the field's default guiding CLIP
 
 # Called during a run with (step, images in [0, 1]); returning True stops the run and keeps its last image.
 StepCallback = Callable[[int, torch.Tensor], bool | None]
@@ -228,6 +231,18 @@ class CLIParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """Print `error: MESSAGE; see PROG --help` and exit 2."""
         self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+
+def add_guidance_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any], per: str) -> None:
+    """The CLIP options every pipeline CLI shares: cutouts (count, size power, augmentation) and the CLIP models."""
+    parser.add_argument("--cutn", type=int, default=defaults["cutn"],
+                        help=f"cutouts per {per}, 1 to {MAX_CUTN} (memory grows with it)")
+    parser.add_argument("--cut-pow", type=float, default=defaults["cut_pow"],
+                        help="cutout size power (higher: smaller cutouts)")
+    parser.add_argument("--augment", choices=AUGMENT_PRESETS, default=defaults["augment"],
+                        help="cutout augmentation preset")
+    parser.add_argument("--clip-model", action="append", default=None, metavar="NAME[:PRETRAINED][:WEIGHT]",
+                        help=f"CLIP model, repeatable for an ensemble (default: {DEFAULT_CLIP})")
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:

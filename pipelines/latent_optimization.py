@@ -34,13 +34,12 @@ from guidance.memory import check_memory, estimate_run_bytes
 from guidance.prompts import parse_prompt, parse_prompts
 from guidance.runtime import (autocast, check_precision, explain_out_of_memory, pick_device, prepare_device,
                               resolve_seed)
-from guidance.validation import MAX_CUTN, MAX_STEPS, check_count, check_number, check_some_weight
-from pipelines.common import (CLIParser, PipelineOutput, StepCallback, add_runtime_arguments, call_defaults,
-                              check_cli_outputs, check_cutouts, clean_recipe, command_line, directional_target,
-                              edit_mode, finish_cli, frame_of, load_edit_inputs, parse_size, round_size, run_cli,
-                              save_partial)
+from guidance.validation import MAX_STEPS, check_count, check_number, check_some_weight
+from pipelines.common import (CLIParser, DEFAULT_CLIP, PipelineOutput, StepCallback, add_guidance_arguments,
+                              add_runtime_arguments, call_defaults, check_cli_outputs, check_cutouts, clean_recipe,
+                              command_line, directional_target, edit_mode, finish_cli, frame_of, load_edit_inputs,
+                              parse_size, round_size, run_cli, save_partial)
 
-DEFAULT_CLIP = "ViT-B-32:openai"
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam, "sgd": torch.optim.SGD,
               "nesterov": partial(torch.optim.SGD, momentum=0.9, nesterov=True)}  # ReNO's optimiser
 
@@ -243,14 +242,7 @@ def build_parser(pipeline: type[LatentOptimizationPipeline], module: str) -> arg
     parser.add_argument("--lr", type=float, default=pipeline.default_lr, help="learning rate, a finite number > 0")
     parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default=defaults["optimizer"],
                         help="optimiser of the latent")
-    parser.add_argument("--cutn", type=int, default=defaults["cutn"],
-                        help=f"cutouts per step, 1 to {MAX_CUTN} (memory grows with it)")
-    parser.add_argument("--cut-pow", type=float, default=defaults["cut_pow"],
-                        help="cutout size power (higher: smaller cutouts)")
-    parser.add_argument("--augment", choices=AUGMENT_PRESETS, default=defaults["augment"],
-                        help="cutout augmentation preset")
-    parser.add_argument("--clip-model", action="append", default=None, metavar="NAME[:PRETRAINED][:WEIGHT]",
-                        help=f"CLIP model, repeatable for an ensemble (default: {DEFAULT_CLIP})")
+    add_guidance_arguments(parser, defaults, "step")
     pipeline.add_model_arguments(parser)
     parser.add_argument("--image-prompt", action="append", default=[], metavar="PATH[:WEIGHT[:STOP]]",
                         help="an image as a target like a text prompt; repeatable")

@@ -29,9 +29,8 @@ from guidance.images import load_image
 from guidance.runtime import pick_device
 from guidance.scoring import zero_shot_classify
 from guidance.templates import Template, choose_templates
-from pipelines.common import CLIParser, run_cli
+from pipelines.common import DEFAULT_CLIP, CLIParser, run_cli
 
-DEFAULT_CLIP = "ViT-B-32:openai"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 BATCH = 64  # images embedded at once
 
