@@ -13,9 +13,9 @@ import torch
 
 from generators.base import LatentGenerator
 from generators.vqgan.autograd import clamp_with_grad
+from generators.names import PARAMETERIZATIONS
 from guidance.errors import InvalidInputError
 
-PARAMETERIZATIONS = ("fft", "rgb")
 
 # Lucid's square root of ImageNet's colour correlation (its SVD), columns scaled to a largest norm of 1.
 _COLOUR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=torch.float64)

@@ -1,4 +1,5 @@
-"""Generators by kind: a new generator is one module plus one row here (imported only when used)."""
+"""Generators by kind: a new generator is one module plus one row in `generators.names.GENERATORS` (imported only
+when used)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,9 @@ from typing import Any
 import torch
 
 from generators.base import LatentGenerator
+from generators.names import GENERATORS
 from guidance.errors import InvalidInputError
 
-# kind -> "module:loader"; the loader takes (name, device=..., **options) and returns a LatentGenerator.
-GENERATORS: dict[str, str] = {
-    "vqgan": "generators.vqgan:load_vqgan",
-    "pixels": "generators.pixels:load_pixels",
-    "noise": "generators.diffusion.noise:load_noise",
-}
 
 
 def load_generator(kind: str, name: str, device: torch.device | str | None = None, **options: Any) -> LatentGenerator:

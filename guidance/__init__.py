@@ -1,21 +1,41 @@
-"""CLIP as a differentiable loss: models, prompts, cutouts, losses and scoring."""
+"""CLIP as a differentiable loss: models, prompts, cutouts, losses and scoring.
 
-from .backends.transformers import TransformersCLIPEncoder
-from .clip_loss import CLIPLoss, DirectionalCLIPLoss, ImagePrompt
-from .clip_models import BUILTIN_CLIP_MODELS, CLIPEncoder, OpenCLIPEncoder, load_clip, save_clip
-from .cutouts import AUGMENT_PRESETS, Augment, MakeCutouts
-from .errors import InvalidInputError, ModelUnavailableError, ToolkitError, first_line
-from .images import load_image, png_output_path, read_recipe, save_png, tensor_to_pil
-from .losses import cosine_dist_loss, directional_loss, range_loss, spherical_dist_loss, tv_loss
-from .prompts import Prompt, parse_prompt, parse_prompts
-from .scoring import clip_score, zero_shot_classify
-from .templates import CHINESE_TEMPLATES, IMAGENET_TEMPLATES, choose_templates, contains_cjk
+The names below are imported on first use (PEP 562), so that light modules such as `guidance.errors` and
+`guidance.validation` (which the CLIs' parsers use) load without torch.
+"""
 
-__all__ = [
-    "AUGMENT_PRESETS", "Augment", "BUILTIN_CLIP_MODELS", "CHINESE_TEMPLATES", "CLIPEncoder", "CLIPLoss",
-    "DirectionalCLIPLoss", "IMAGENET_TEMPLATES", "ImagePrompt", "InvalidInputError", "MakeCutouts",
-    "ModelUnavailableError", "OpenCLIPEncoder", "Prompt", "ToolkitError", "TransformersCLIPEncoder",
-    "choose_templates", "clip_score", "contains_cjk", "cosine_dist_loss", "directional_loss", "first_line",
-    "load_clip", "load_image", "parse_prompt", "parse_prompts", "png_output_path", "range_loss", "read_recipe",
-    "save_clip", "save_png", "spherical_dist_loss", "tensor_to_pil", "tv_loss", "zero_shot_classify",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> the submodule defining it
+_EXPORTS = {
+    "TransformersCLIPEncoder": "backends.transformers",
+    **dict.fromkeys(("CLIPLoss", "DirectionalCLIPLoss", "ImagePrompt"), "clip_loss"),
+    **dict.fromkeys(("BUILTIN_CLIP_MODELS", "CLIPEncoder", "OpenCLIPEncoder", "load_clip", "save_clip"), "clip_models"),
+    **dict.fromkeys(("AUGMENT_PRESETS", "Augment", "MakeCutouts"), "cutouts"),
+    **dict.fromkeys(("InvalidInputError", "ModelUnavailableError", "ToolkitError", "first_line"), "errors"),
+    **dict.fromkeys(("attach_recipe", "convert_image", "load_image", "png_output_path", "read_image", "read_recipe",
+                     "save_png", "tensor_to_pil"), "images"),
+    **dict.fromkeys(("cosine_dist_loss", "directional_loss", "range_loss", "spherical_dist_loss", "tv_loss"), "losses"),
+    **dict.fromkeys(("Prompt", "parse_prompt", "parse_prompts"), "prompts"),
+    **dict.fromkeys(("clip_score", "zero_shot_classify"), "scoring"),
+    **dict.fromkeys(("CHINESE_TEMPLATES", "IMAGENET_TEMPLATES", "choose_templates", "contains_cjk"), "templates"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's submodule when the name is first asked for."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The public names, with the module's own."""
+    return sorted({*globals(), *__all__})

@@ -8,8 +8,7 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from .errors import InvalidInputError
-
-AUGMENT_PRESETS = ("none", "light", "geometric", "default")
+from .names import AUGMENT_PRESETS
 
 
 def build_augmentations(preset: str) -> nn.Module | None:

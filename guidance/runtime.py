@@ -10,9 +10,10 @@ from typing import Iterator
 import torch
 
 from .errors import InvalidInputError, ToolkitError
+from .names import PRECISION_NAMES
 from .validation import check_seed
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = dict(zip(PRECISION_NAMES, (torch.float32, torch.bfloat16, torch.float16), strict=True))
 
 
 def pick_device(name: str | None = None) -> torch.device:

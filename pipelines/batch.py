@@ -39,6 +39,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from pipelines.parsers import batch_parser as build_parser
+from pipelines.parsers import batch_pipeline_name
+
+if __name__ == "__main__":  # parse first: --help and usage errors answer before the heavy imports below
+    batch_pipeline_name(sys.argv[1:])
+
 from tqdm.auto import tqdm
 
 from guidance.errors import InvalidInputError, ToolkitError, first_line
@@ -46,9 +52,9 @@ from guidance.images import save_png
 from guidance.outputs import atomic_path, check_folder
 from guidance.runtime import pick_device
 from guidance.validation import check_seed
-from pipelines.common import CLIParser, command_line, run_cli
+from pipelines.common import command_line, run_cli
 from pipelines.latent_optimization import DEFAULT_CLIP
-from pipelines.registry import PIPELINES, PipelineSpec, get_pipeline_spec
+from pipelines.registry import PipelineSpec, get_pipeline_spec
 
 MANIFEST = "manifest.jsonl"
 RUN_ONLY = {"prompt", "seed", "callback", "progress", "save_every"}  # call keywords a batch sets itself
@@ -391,35 +397,9 @@ def remove_temporaries(folder: Path) -> None:
 # --- the command line -------------------------------------------------------------------------------------------
 
 
-def build_parser(spec: PipelineSpec | None, options: dict[str, Option]) -> argparse.ArgumentParser:
-    """The batch options, plus the pipeline's model option and call options once the pipeline is known."""
-    parser = CLIParser(prog="python -m pipelines.batch", description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("jobs", help="a text file (one prompt per line) or a .jsonl file (one object of settings per line)")
-    parser.add_argument("--pipeline", required=True, help=f"the pipeline: {', '.join(PIPELINES)}")
-    parser.add_argument("--output-dir", required=True, help="folder of the images and manifest.jsonl")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="base seed: a job without a seed gets derive_seed(BASE, job id)")
-    parser.add_argument("--device", default=None,
-                        help="cpu, cuda, cuda:N, mps (default: each process's own device, else the best available)")
-    parser.add_argument("--clip-model", action="append", default=None, metavar="NAME[:PRETRAINED][:WEIGHT]",
-                        help=f"CLIP model, repeatable for an ensemble (default: {DEFAULT_CLIP})")
-    if spec is not None:
-        parser.add_argument(spec.model_flag, dest="model", required=True, help=f"the {spec.model_label} to load")
-        for option in options.values():
-            parser.add_argument(option.flag, dest=option.name, type=option.convert, default=None,
-                                action="append" if option.repeatable else "store",
-                                help=f"the default {option.name} of every job (default: the pipeline's own)")
-    return parser
-
-
 def parse_arguments(argv: list[str]) -> tuple[argparse.Namespace, PipelineSpec, dict[str, Option]]:
     """Parse the command line in two passes: the pipeline first, then its own options (and its --help)."""
-    first = argparse.ArgumentParser(add_help=False)
-    first.add_argument("--pipeline")
-    name = first.parse_known_args(argv)[0].pipeline
-    if name is None:
-        build_parser(None, {}).parse_args(argv)  # --help, or the one-line error that --pipeline is missing
-    spec = get_pipeline_spec(name)
+    spec = get_pipeline_spec(batch_pipeline_name(argv))
     options = pipeline_options(pipeline_class(spec), spec)
     return build_parser(spec, options).parse_args(argv), spec, options
 

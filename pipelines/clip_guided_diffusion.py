@@ -20,6 +20,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from pipelines.parsers import (DEFAULT_CFG_SCALE, DEFAULT_CLIP_SCALE, DEFAULT_MODEL, MAX_INVERSION_REFINE,
+                               NOISE_ITERATIONS)
+from pipelines.parsers import clip_guided_diffusion_parser as build_parser
+
+if __name__ == "__main__":  # parse first: --help and usage errors answer before the heavy imports below
+    build_parser().parse_args()
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -28,7 +35,7 @@ from tqdm.auto import tqdm
 from generators.diffusion import (SCHEDULERS, DiffusionModel, ddim_invert, final_alpha, guided_eps,
                                   inversion_timesteps, known_diffusion_names, load_diffusion, make_scheduler,
                                   previous_timestep, save_diffusion, scheduler_step)
-from generators.diffusion.noise import DEFAULT_NOISE_STEPS, NoiseGenerator
+from generators.diffusion.noise import NoiseGenerator
 from guidance.clip_loss import CLIPLoss, DirectionalCLIPLoss
 from guidance.clip_models import CLIPEncoder, load_clip_ensemble
 from guidance.cutouts import MakeCutouts
@@ -40,20 +47,15 @@ from guidance.outputs import check_folder
 from guidance.prompts import Prompt, parse_prompts
 from guidance.runtime import autocast, check_precision, explain_out_of_memory, pick_device, prepare_device, resolve_seed
 from guidance.validation import MAX_STEPS, check_count, check_some_weight
-from pipelines.common import (CLIParser, DEFAULT_CLIP, InitImages, PipelineOutput, StepCallback,
-                              add_guidance_arguments, add_runtime_arguments, call_defaults, check_cli_outputs,
-                              check_cutouts, clean_recipe, command_line, directional_target, edit_mode, finish_cli,
-                              frame_of, load_edit_inputs, parse_size, round_size, run_cli, save_partial)
+from pipelines.common import (DEFAULT_CLIP, InitImages, PipelineOutput, StepCallback, check_cli_outputs, check_cutouts,
+                              clean_recipe, command_line, directional_target, edit_mode, finish_cli, frame_of,
+                              load_edit_inputs, parse_size, round_size, run_cli, save_partial)
 from pipelines.latent_optimization import LatentOptimizationPipeline
 from pipelines.registry import PipelineSpec
 
 if TYPE_CHECKING:
     from pipelines.diffusionclip import FinetuneOutput
 
-DEFAULT_MODEL = "google/ddpm-celebahq-256"
-DEFAULT_CLIP_SCALE = 1000.0  # Disco Diffusion's order of magnitude: clip 1000, tv 150, range 50
-DEFAULT_CFG_SCALE = 7.5
-MAX_INVERSION_REFINE = 100  # fixed-point refinements per inversion step (each one more UNet pass)
 DEFAULT_EDIT_STRENGTH = 0.5  # DiffusionCLIP's t0 of about 500 of 1000 steps; also the default share redone from an init
 
 Size = str | int | tuple[int, int]
@@ -532,77 +534,6 @@ def output_paths(output: Path, count: int) -> list[Path]:
     return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(1, count + 1)]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command-line options; their defaults are those of the pipeline's call (and of `finetune`)."""
-    from pipelines.diffusionclip import finetune
-
-    defaults, tuning = call_defaults(CLIPGuidedDiffusionPipeline.__call__), call_defaults(finetune)
-    parser = CLIParser(prog="python -m pipelines.clip_guided_diffusion", description=__doc__.split("\n\n")[0])
-    parser.add_argument("prompt", nargs="?", default=defaults["prompt"],
-                        help="text prompt; 'text:weight:stop' items joined by '|' (negative weights push away); with "
-                             "--source-text, the target text; may be empty to apply a fine-tuned model's edit")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="diffusers model: hub id, local folder or built-in name")
-    parser.add_argument("--size", default=defaults["size"],
-                        help="WIDTH or WIDTHxHEIGHT (default: the model's native size)")
-    parser.add_argument("--method", choices=METHODS, default="sampler",
-                        help="sampler: CLIP guidance at every sampler step; noise: optimise the starting noise through "
-                             "a short deterministic sampler (ReNO)")
-    parser.add_argument("--steps", type=int, default=defaults["steps"],
-                        help="scheduler steps over the whole noise schedule (at most the model's training steps); "
-                             f"with --method noise, the short sampler's (if not given: {DEFAULT_NOISE_STEPS}, 1 for "
-                             "few-step models)")
-    parser.add_argument("--iterations", type=int, default=NOISE_ITERATIONS,
-                        help="with --method noise: optimisation steps of the starting noise")
-    parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=defaults["scheduler"],
-                        help="diffusers sampler")
-    parser.add_argument("--eta", type=float, default=defaults["eta"],
-                        help="DDIM noise (0: deterministic, 1: like DDPM)")
-    parser.add_argument("--skip-steps", type=int, default=defaults["skip_steps"],
-                        help="with --init-image: skip this many of the first steps (default: half of them)")
-    parser.add_argument("--edit-strength", type=float, default=defaults["edit_strength"],
-                        help="with --init-image: the share of the steps redone, in (0, 1] (DiffusionCLIP's t0 / T)")
-    parser.add_argument("--clip-scale", type=float, default=defaults["clip_scale"],
-                        help=f"CLIP guidance strength (default {DEFAULT_CLIP_SCALE:g}; 0 for a fine-tuned model's edit; "
-                             "0 turns guidance off)")
-    parser.add_argument("--tv-scale", type=float, default=defaults["tv_scale"],
-                        help="smoothness (total variation) guidance")
-    parser.add_argument("--range-scale", type=float, default=defaults["range_scale"],
-                        help="guidance keeping pixels in range")
-    parser.add_argument("--clamp-grad", type=float, default=defaults["clamp_grad"],
-                        help="clamp the guidance gradient's RMS to this (0: no clamp)")
-    parser.add_argument("--guide-from", type=float, default=defaults["guide_from"],
-                        help="guide from this fraction of the steps on")
-    parser.add_argument("--guide-until", type=float, default=defaults["guide_until"],
-                        help="guide until this fraction of the steps")
-    parser.add_argument("--guide-every", type=int, default=defaults["guide_every"],
-                        help="guide every K-th step (faster)")
-    parser.add_argument("--cfg-scale", type=float, default=defaults["cfg_scale"],
-                        help=f"classifier-free guidance of text-conditioned models (default {DEFAULT_CFG_SCALE:g})")
-    add_guidance_arguments(parser, defaults, "guided step")
-    parser.add_argument("--init-image", action="append", default=defaults["init_image"],
-                        help="start from this image and edit it; repeat to edit several (NAME-1.png, NAME-2.png, ...)")
-    parser.add_argument("--init-weight", type=float, default=defaults["init_weight"],
-                        help="fidelity to the init image (default 0; L1 weight 1 for --source-text edits)")
-    parser.add_argument("--mask", default=defaults["mask"],
-                        help="edit only the white region of this mask (same size as the output)")
-    parser.add_argument("--source-text", default=defaults["source_text"],
-                        help="describe the init image; DDIM-invert it and edit towards the prompt (DiffusionCLIP)")
-    parser.add_argument("--inversion-steps", type=int, default=defaults["inversion_steps"],
-                        help=f"DDIM inversion steps, 1 to {MAX_STEPS} (default: mirror the edit's own steps)")
-    parser.add_argument("--inversion-refine", type=int, default=defaults["inversion_refine"],
-                        help="fixed-point refinements per inversion step, 0 to "
-                             f"{MAX_INVERSION_REFINE}: exacter inversion, one more UNet pass each")
-    parser.add_argument("--finetune-steps", type=int, default=0,
-                        help="first fine-tune the UNet for this --source-text edit for N steps (DiffusionCLIP)")
-    parser.add_argument("--finetune-lr", type=float, default=tuning["lr"], help="fine-tuning learning rate")
-    parser.add_argument("--finetune-ddim-steps", type=int, default=tuning["ddim_steps"],
-                        help="DDIM steps generated with gradients in each fine-tuning step")
-    parser.add_argument("--save-model", default=None,
-                        help="save the fine-tuned model to this folder (use it as --model); checked before the run")
-    add_runtime_arguments(parser)
-    return parser
-
-
 def _finetune_from_arguments(pipe: CLIPGuidedDiffusionPipeline, args: argparse.Namespace,
                              seed: int) -> CLIPGuidedDiffusionPipeline | None:
     """The CLI's `--finetune-steps`: a pipeline on the tuned model (saved with `--save-model`); None if interrupted."""
@@ -665,8 +596,6 @@ def main(argv: list[str]) -> int:
 
 # --- noise optimisation (--method noise) ------------------------------------------------------------------------
 
-METHODS = ("sampler", "noise")
-NOISE_ITERATIONS = 50  # ReNO's
 # Options of the per-step sampler that noise optimisation does not use.
 SAMPLER_ONLY = ("scheduler", "eta", "skip_steps", "edit_strength", "clip_scale", "tv_scale", "range_scale",
                 "clamp_grad", "guide_from", "guide_until", "guide_every", "inversion_steps", "inversion_refine",

@@ -15,6 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from pipelines.parsers import clip_score_parser as build_parser
+
+if __name__ == "__main__":  # parse first: --help and usage errors answer before the heavy imports below
+    build_parser().parse_args()
+
 import torch
 
 from guidance.clip_models import parse_clip_spec
@@ -23,8 +28,8 @@ from guidance.errors import InvalidInputError
 from guidance.images import load_image, read_recipe
 from guidance.prompts import Prompt, parse_prompts
 from guidance.scoring import clip_score
-from pipelines.common import CLIParser, run_cli
-from pipelines.zero_shot import DEFAULT_CLIP, collect_images, load_judge, write_rows
+from pipelines.common import run_cli
+from pipelines.zero_shot import collect_images, load_judge, write_rows
 
 
 @dataclass(frozen=True)
@@ -82,18 +87,6 @@ def score_images(judge: CLIPEncoder, paths: Sequence[Path], prompt: str | None =
         image = load_image(path).to(judge.device)
         scores.append(Score(path, text, score_image(judge, image, text), guided))
     return scores
-
-
-def build_parser() -> CLIParser:
-    """The CLIP score CLI's options."""
-    parser = CLIParser(prog="python -m pipelines.clip_score", description=__doc__.split("\n\n")[0])
-    parser.add_argument("images", nargs="+", help="image files or folders (walked)")
-    parser.add_argument("--prompt", default=None, help="score against this prompt (default: each PNG's recipe prompt)")
-    parser.add_argument("--clip-model", default=DEFAULT_CLIP, metavar="NAME[:PRETRAINED]",
-                        help="the judge: any name load_clip takes; best one that did not guide the images")
-    parser.add_argument("--csv", default=None, help="also write the table to this CSV file")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: best available)")
-    return parser
 
 
 def main(argv: list[str]) -> int:

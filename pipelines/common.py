@@ -3,14 +3,11 @@ beginning (shared options) and end (saving, the status line, the exit code)."""
 
 from __future__ import annotations
 
-import argparse
-import inspect
-import shlex
 import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, Callable, Sequence
 
 import imageio.v3 as iio
 import numpy as np
@@ -23,13 +20,11 @@ from guidance.errors import InvalidInputError, ToolkitError
 from guidance.images import attach_recipe, load_image, save_png
 from guidance.outputs import atomic_path, check_output, partial_path
 from guidance.prompts import parse_prompt
-from guidance.cutouts import AUGMENT_PRESETS
-from guidance.runtime import PRECISIONS
 from guidance.validation import MAX_CUTN, check_count, check_number
+from pipelines.cli import (DEFAULT_CLIP, CLIParser, DefaultsHelpFormatter, add_guidance_arguments,  # noqa: F401
+                           add_runtime_arguments, call_defaults, command_line, run_cli)
 
 MAX_SIDE = 4096
-
-DEFAULT_CLIP = "ViT-B-32:openai"  # the field's default guiding CLIP
 
 # Called during a run with (step, images in [0, 1]); returning True stops the run and keeps its last image.
 StepCallback = Callable[[int, torch.Tensor], bool | None]
@@ -80,12 +75,6 @@ def check_cutouts(cutn: int, cut_pow: float) -> None:
     """Validate the cutout settings every CLIP-guided pipeline takes (count within MAX_CUTN, a finite power > 0)."""
     check_count("--cutn", cutn, 1, MAX_CUTN)
     check_number("--cut-pow", cut_pow, above=0)
-
-
-def call_defaults(function: Callable[..., Any]) -> dict[str, Any]:
-    """The keyword defaults of a pipeline's call: the one source the CLIs and the app read them from."""
-    return {name: parameter.default for name, parameter in inspect.signature(function).parameters.items()
-            if parameter.default is not inspect.Parameter.empty}
 
 
 def parse_size(text: str | int | Sequence[int]) -> tuple[int, int]:
@@ -206,61 +195,6 @@ def write_video(frames: Sequence[np.ndarray], path: str | Path, fps: int = 10) -
     return path
 
 
-def command_line(module: str, argv: Sequence[str]) -> str:
-    """The shell command that reproduces a CLI run."""
-    return " ".join(["python", "-m", module, *map(shlex.quote, argv)])
-
-
-class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Adds '(default: X)' to an option's help, unless the help already speaks of its default."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        """The help text, with the default appended where it says something and is not said already."""
-        text = action.help or ""
-        if "default" in text or action.default is None or action.default is False or action.default in ([], ""):
-            return text
-        return super()._get_help_string(action)
-
-
-class CLIParser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line plus a pointer to --help (exit 2), not the whole usage."""
-
-    def __init__(self, **kwargs: Any):
-        super().__init__(formatter_class=DefaultsHelpFormatter, **kwargs)
-
-    def error(self, message: str) -> NoReturn:
-        """Print `error: MESSAGE; see PROG --help` and exit 2."""
-        self.exit(2, f"error: {message}; see {self.prog} --help\n")
-
-
-def add_guidance_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any], per: str) -> None:
-    """The CLIP options every pipeline CLI shares: cutouts (count, size power, augmentation) and the CLIP models."""
-    parser.add_argument("--cutn", type=int, default=defaults["cutn"],
-                        help=f"cutouts per {per}, 1 to {MAX_CUTN} (memory grows with it)")
-    parser.add_argument("--cut-pow", type=float, default=defaults["cut_pow"],
-                        help="cutout size power (higher: smaller cutouts)")
-    parser.add_argument("--augment", choices=AUGMENT_PRESETS, default=defaults["augment"],
-                        help="cutout augmentation preset")
-    parser.add_argument("--clip-model", action="append", default=None, metavar="NAME[:PRETRAINED][:WEIGHT]",
-                        help=f"CLIP model, repeatable for an ensemble (default: {DEFAULT_CLIP})")
-
-
-def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every pipeline CLI shares: output, seed, device, precision, video and saving."""
-    parser.add_argument("-o", "--output", default="output.png",
-                        help="output PNG, carrying the recipe; an existing file is replaced only when the run ends "
-                             "(default: output.png)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="random seed, 0 to 2**63 - 1 (default: a fresh one, stored in the PNG)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: best available)")
-    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32",
-                        help="autocast precision for the models (bf16/fp16 save memory and time on GPUs)")
-    parser.add_argument("--save-every", type=int, default=50,
-                        help="every N steps, save the current image to NAME.partial.png (removed at the end) and a "
-                             "video frame; 0: only at the end")
-    parser.add_argument("--video", default=None, help="also write the progress as a video (.mp4, .webm, .mkv or .gif)")
-
-
 def check_cli_outputs(paths: Sequence[Path], video: str | None) -> None:
     """Check every file a CLI run will write, before any model loads (see guidance.outputs.check_output)."""
     for path in paths:
@@ -269,30 +203,10 @@ def check_cli_outputs(paths: Sequence[Path], video: str | None) -> None:
         check_output(video, VIDEO_SUFFIXES, "video")
 
 
-def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
-    """Run a CLI main: user errors print one line and exit 2, never a traceback."""
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        with warnings.catch_warnings():
-            warnings.showwarning = _show_notice
-            return main(argv)
-    except ToolkitError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
-
 def save_partial(images: torch.Tensor, paths: Sequence[Path], command: str, step: int) -> None:
     """Save a run's current images beside its outputs (`NAME.partial.png`), marked partial; outputs stay untouched."""
     for index, path in enumerate(paths):
         save_png(images[index:index + 1], partial_path(path), {"command": command, "step": step, "partial": True})
-
-
-def _show_notice(message: Warning | str, category: type[Warning], *rest: Any) -> None:
-    """A warning as one `notice:` line on stderr (the CLIs' size and rounding notices)."""
-    print(f"notice: {message}", file=sys.stderr)
 
 
 def finish_cli(result: PipelineOutput, paths: Sequence[Path], command: str, video: str | None,

@@ -18,13 +18,18 @@ from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
+from pipelines.parsers import OPTIMIZER_NAMES, generator_arguments, latent_parser
+
+if __name__ == "__main__":  # parse first: --help and usage errors answer before the heavy imports below
+    latent_parser("pipelines.latent_optimization", "LatentOptimizationPipeline", generator_arguments).parse_args()
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from generators.base import LatentGenerator
-from generators.registry import GENERATORS, load_generator
+from generators.registry import load_generator
 from guidance.clip_loss import CLIPLoss, DirectionalCLIPLoss, ImagePrompt
 from guidance.clip_models import CLIPEncoder, load_clip_ensemble
 from guidance.cutouts import AUGMENT_PRESETS, MakeCutouts
@@ -35,13 +40,13 @@ from guidance.prompts import parse_prompt, parse_prompts
 from guidance.runtime import (autocast, check_precision, explain_out_of_memory, pick_device, prepare_device,
                               resolve_seed)
 from guidance.validation import MAX_STEPS, check_count, check_number, check_some_weight
-from pipelines.common import (CLIParser, DEFAULT_CLIP, PipelineOutput, StepCallback, add_guidance_arguments,
-                              add_runtime_arguments, call_defaults, check_cli_outputs, check_cutouts, clean_recipe,
-                              command_line, directional_target, edit_mode, finish_cli, frame_of, load_edit_inputs,
-                              parse_size, round_size, run_cli, save_partial)
+from pipelines.common import (DEFAULT_CLIP, PipelineOutput, StepCallback, check_cli_outputs, check_cutouts,
+                              clean_recipe, command_line, directional_target, edit_mode, finish_cli, frame_of,
+                              load_edit_inputs, parse_size, round_size, run_cli, save_partial)
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam, "sgd": torch.optim.SGD,
-              "nesterov": partial(torch.optim.SGD, momentum=0.9, nesterov=True)}  # ReNO's optimiser
+OPTIMIZERS = dict(zip(OPTIMIZER_NAMES, (torch.optim.Adam, torch.optim.AdamW, torch.optim.RAdam, torch.optim.SGD,
+                                         partial(torch.optim.SGD, momentum=0.9, nesterov=True)),  # ReNO's optimiser
+                      strict=True))
 
 
 class LatentOptimizationPipeline:
@@ -75,8 +80,7 @@ class LatentOptimizationPipeline:
     @classmethod
     def add_model_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """The CLI options that choose the generator."""
-        parser.add_argument("--generator", choices=sorted(GENERATORS), default="pixels", help="generator kind")
-        parser.add_argument("--model", default="fft", help="the generator's model (name, file or parameterization)")
+        generator_arguments(parser)
 
     @classmethod
     def from_arguments(cls, args: argparse.Namespace, clip_models: Sequence[str]) -> "LatentOptimizationPipeline":
@@ -230,29 +234,7 @@ class LatentOptimizationPipeline:
 
 def build_parser(pipeline: type[LatentOptimizationPipeline], module: str) -> argparse.ArgumentParser:
     """The command-line options of a latent-optimisation pipeline (the generator's own come from the class)."""
-    defaults = call_defaults(pipeline.__call__)
-    summary = (sys.modules[pipeline.__module__].__doc__ or pipeline.__doc__ or "").split("\n\n")[0]
-    parser = CLIParser(prog=f"python -m {module}", description=summary)
-    parser.add_argument("prompt", nargs="?", default="",
-                        help="text prompt; 'text:weight:stop' items joined by '|' (negative weights push away)")
-    size = pipeline.default_size
-    parser.add_argument("--size", default=f"{size[0]}x{size[1]}",
-                        help="WIDTH or WIDTHxHEIGHT, rounded down to the generator's factor")
-    parser.add_argument("--steps", type=int, default=defaults["steps"], help=f"optimisation steps, 1 to {MAX_STEPS}")
-    parser.add_argument("--lr", type=float, default=pipeline.default_lr, help="learning rate, a finite number > 0")
-    parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default=defaults["optimizer"],
-                        help="optimiser of the latent")
-    add_guidance_arguments(parser, defaults, "step")
-    pipeline.add_model_arguments(parser)
-    parser.add_argument("--image-prompt", action="append", default=[], metavar="PATH[:WEIGHT[:STOP]]",
-                        help="an image as a target like a text prompt; repeatable")
-    parser.add_argument("--init-image", default=None, help="start from this image (and edit it)")
-    parser.add_argument("--init-weight", type=float, default=None,
-                        help="fidelity to the init image (default 0; 1 for --source-text edits)")
-    parser.add_argument("--mask", default=None, help="edit only the white region of this mask (same size as the output)")
-    parser.add_argument("--source-text", default=None, help="describe the init image; the prompt is the target")
-    add_runtime_arguments(parser)
-    return parser
+    return latent_parser(module, pipeline.__name__, pipeline.add_model_arguments)
 
 
 def run_cli_main(pipeline: type[LatentOptimizationPipeline], module: str, argv: list[str]) -> int:

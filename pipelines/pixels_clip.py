@@ -13,6 +13,11 @@ import argparse
 import sys
 from typing import Sequence
 
+from pipelines.parsers import latent_parser, pixels_arguments
+
+if __name__ == "__main__":  # parse first: --help and usage errors answer before the heavy imports below
+    latent_parser("pipelines.pixels_clip", "PixelsCLIPPipeline", pixels_arguments).parse_args()
+
 import torch
 
 from generators.pixels import PARAMETERIZATIONS, PixelGenerator, load_pixels
@@ -47,8 +52,7 @@ class PixelsCLIPPipeline(LatentOptimizationPipeline):
     @classmethod
     def add_model_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """The pixel generator's option."""
-        parser.add_argument("--parameterization", choices=PARAMETERIZATIONS, default="fft",
-                            help="fft: decorrelated-colour Fourier image (optimises better); rgb: raw pixels")
+        pixels_arguments(parser)
 
     @classmethod
     def from_arguments(cls, args: argparse.Namespace, clip_models: Sequence[str]) -> "PixelsCLIPPipeline":

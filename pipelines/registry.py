@@ -8,11 +8,12 @@ from __future__ import annotations
 import importlib
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from guidance.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    import torch
 
 # name -> module; the module defines SPEC and is runnable as `python -m MODULE`.
 PIPELINES: dict[str, str] = {

@@ -13,6 +13,11 @@ import argparse
 import sys
 from typing import Sequence
 
+from pipelines.parsers import DEFAULT_VQGAN, latent_parser, vqgan_arguments
+
+if __name__ == "__main__":  # parse first: --help and usage errors answer before the heavy imports below
+    latent_parser("pipelines.vqgan_clip", "VQGANCLIPPipeline", vqgan_arguments).parse_args()
+
 import torch
 
 from generators.vqgan import VQGAN, known_vqgan_names, load_vqgan
@@ -21,8 +26,6 @@ from guidance.runtime import pick_device
 from pipelines.common import run_cli
 from pipelines.latent_optimization import DEFAULT_CLIP, LatentOptimizationPipeline, run_cli_main
 from pipelines.registry import PipelineSpec
-
-DEFAULT_VQGAN = "vqgan_imagenet_f16_16384"
 
 
 class VQGANCLIPPipeline(LatentOptimizationPipeline):
@@ -54,10 +57,7 @@ class VQGANCLIPPipeline(LatentOptimizationPipeline):
     @classmethod
     def add_model_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """The VQGAN options."""
-        parser.add_argument("--vqgan", default=DEFAULT_VQGAN, help="VQGAN name, checkpoint file, folder or hf:// repo")
-        parser.add_argument("--vqgan-config", default=None, help="taming .yaml config for a local VQGAN checkpoint")
-        parser.add_argument("--allow-pickle", action="store_true",
-                            help="allow full unpickling of checkpoints (runs code from the file; only for files you trust)")
+        vqgan_arguments(parser)
 
     @classmethod
     def from_arguments(cls, args: argparse.Namespace, clip_models: Sequence[str]) -> "VQGANCLIPPipeline":

@@ -19,6 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from pipelines.parsers import zero_shot_parser as build_parser
+
+if __name__ == "__main__":  # parse first: --help and usage errors answer before the heavy imports below
+    build_parser().parse_args()
+
 import torch
 from tqdm.auto import tqdm
 
@@ -29,7 +34,7 @@ from guidance.images import load_image
 from guidance.runtime import pick_device
 from guidance.scoring import zero_shot_classify
 from guidance.templates import Template, choose_templates
-from pipelines.common import DEFAULT_CLIP, CLIParser, run_cli
+from pipelines.common import run_cli
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 BATCH = 64  # images embedded at once
@@ -214,28 +219,6 @@ def display_width(text: str) -> int:
 def format_cell(cell: object) -> str:
     """Floats with 4 decimals, everything else as text."""
     return f"{cell:.4f}" if isinstance(cell, float) else str(cell)
-
-
-def build_parser() -> CLIParser:
-    """The zero-shot CLI's options."""
-    parser = CLIParser(prog="python -m pipelines.zero_shot", description=__doc__.split("\n\n")[0])
-    parser.add_argument("images", nargs="*", help="image files or folders (walked)")
-    job = parser.add_mutually_exclusive_group(required=True)
-    job.add_argument("--labels", help="comma-separated class labels, e.g. 'a cat,a dog' or '猫,狗'")
-    job.add_argument("--labels-file", help="a text file with one class label per line")
-    job.add_argument("--query", help="rank the images by similarity to this text")
-    job.add_argument("--eval", metavar="FOLDER_OR_CSV",
-                     help="evaluate: a folder with one subfolder of images per class, or a CSV of images and labels")
-    parser.add_argument("--templates", default="auto",
-                        help="prompt templates: auto (zh for Chinese labels, else imagenet), imagenet, zh, none, or a "
-                             "file with one template such as 'a photo of a {}.' per line")
-    parser.add_argument("--clip-model", default=DEFAULT_CLIP, metavar="NAME[:PRETRAINED]",
-                        help="the CLIP model: any name load_clip takes (shapes-tiny, hf:OWNER/NAME, a folder, ...)")
-    parser.add_argument("--label-column", default="label", help="--eval with a CSV: the column holding the labels")
-    parser.add_argument("--image-column", default="filepath", help="--eval with a CSV: the column holding image paths")
-    parser.add_argument("--csv", default=None, help="also write the table to this CSV file")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: best available)")
-    return parser
 
 
 def main(argv: list[str]) -> int:

@@ -19,9 +19,9 @@ from generators.base import LatentGenerator
 from generators.diffusion.loading import load_diffusion
 from generators.diffusion.models import DiffusionModel, TextCondition
 from generators.diffusion.sampling import ddim_invert, ddim_move
+from generators.names import DEFAULT_NOISE_STEPS
 from guidance.errors import InvalidInputError
 
-DEFAULT_NOISE_STEPS = 4  # DDIM steps of a multi-step model's sampler
 NORM_WEIGHT = 0.01  # ReNO's weight of the norm regulariser
 # Distilled few-step models: the most sampler steps they are made for (matched on the name's last part).
 FEW_STEP_MODELS = {"sd-turbo": 4, "sdxl-turbo": 4}

@@ -12,8 +12,9 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from generators.diffusion.models import DiffusionModel, TextCondition
+from generators.names import SCHEDULER_NAMES
 
-SCHEDULERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
+SCHEDULERS = dict(zip(SCHEDULER_NAMES, (DDIMScheduler, DDPMScheduler), strict=True))
 
 
 def make_scheduler(kind: str, config: dict[str, Any], steps: int, invertible: bool = False) -> Any:

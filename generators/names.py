@@ -1,0 +1,12 @@
+"""The generators' names and the settings their CLI help quotes, light to import: a CLI's parser reads them before
+torch loads."""
+
+# kind -> "module:loader"; the loader takes (name, device=..., **options) and returns a LatentGenerator.
+GENERATORS: dict[str, str] = {
+    "vqgan": "generators.vqgan:load_vqgan",
+    "pixels": "generators.pixels:load_pixels",
+    "noise": "generators.diffusion.noise:load_noise",
+}
+PARAMETERIZATIONS = ("fft", "rgb")  # generators.pixels
+SCHEDULER_NAMES = ("ddim", "ddpm")  # generators.diffusion.sampling.SCHEDULERS
+DEFAULT_NOISE_STEPS = 4  # DDIM steps of a multi-step model's sampler (generators.diffusion.noise)
