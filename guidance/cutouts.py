@@ -9,6 +9,7 @@ from torchvision.ops import roi_align
 
 from .errors import InvalidInputError
 from .names import AUGMENT_PRESETS
+from .validation import MAX_CUTN, check_count, check_number
 
 
 def build_augmentations(preset: str) -> nn.Module | None:
@@ -69,12 +70,10 @@ class MakeCutouts(nn.Module):
     def __init__(self, cut_size: int, cutn: int = 32, cut_pow: float = 1.0, min_size: int | None = None,
                  max_size: int | None = None, augment: str = "default", noise: float = 0.1):
         super().__init__()
-        if cutn < 1:
-            raise InvalidInputError(f"cutn must be at least 1, got {cutn}")
+        cutn = check_count("cutn", cutn, 1, MAX_CUTN)
         if cut_size < 1:
             raise InvalidInputError(f"cut_size must be positive, got {cut_size}")
-        if cut_pow <= 0:
-            raise InvalidInputError(f"cut_pow must be positive, got {cut_pow}")
+        cut_pow = check_number("cut_pow", cut_pow, above=0)
         if min_size is not None and max_size is not None and min_size > max_size:
             raise InvalidInputError(f"min_size {min_size} is larger than max_size {max_size}")
         self.cut_size, self.cutn, self.cut_pow = cut_size, cutn, cut_pow

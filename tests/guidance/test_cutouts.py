@@ -105,15 +105,26 @@ def test_cutouts_pass_gradients_to_the_images():
 
 
 @pytest.mark.parametrize("kwargs, hint", [
-    ({"cutn": 0}, "cutn"),
+    ({"cutn": 0}, "cutn must be between 1 and 1024, got 0"),
     ({"cutn": -3}, "cutn"),
+    ({"cutn": 1025}, "cutn must be between 1 and 1024, got 1025"),
+    ({"cutn": 2.5}, "cutn must be a whole number, got 2.5"),
     ({"augment": "heavy"}, "heavy"),
-    ({"cut_pow": 0.0}, "cut_pow"),
+    ({"cut_pow": 0.0}, "cut_pow must be greater than 0, got 0"),
+    ({"cut_pow": float("nan")}, "cut_pow must be a finite number, got nan"),
+    ({"cut_pow": float("inf")}, "cut_pow must be a finite number, got inf"),
+    ({"cut_pow": "1"}, "cut_pow must be a number, got '1'"),
     ({"min_size": 40, "max_size": 20}, "min_size"),
 ])
 def test_bad_cutout_arguments_raise_invalid_input(kwargs, hint):
-    with pytest.raises(InvalidInputError, match=hint):
+    with pytest.raises(InvalidInputError, match=hint) as error:
         MakeCutouts(16, **kwargs)
+    assert "\n" not in str(error.value)
+
+
+def test_cutout_count_and_power_are_kept_as_given():
+    make = MakeCutouts(16, cutn=1024, cut_pow=0.25)
+    assert (make.cutn, make.cut_pow) == (1024, 0.25) and isinstance(make.cutn, int)
 
 
 def test_cutouts_of_a_chw_image_raise_invalid_input():
