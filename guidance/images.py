@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import struct
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from .outputs import atomic_path
 
 RECIPE_KEY = "clip-guidance-recipe"
 MAX_PIXELS = 50_000_000  # default limit of read_image: larger images are refused before they are decoded
+MAX_PIXELS_VARIABLE = "CLIP_GUIDANCE_MAX_PIXELS"  # environment variable replacing MAX_PIXELS (a pixel count)
 READ_MODES = ("RGB", "L", "RGBA")
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 # What PIL may raise while opening or decoding a file that is not a readable image.
@@ -36,16 +38,34 @@ def _opened(path: Path) -> Iterator[Image.Image]:
             yield image
 
 
-def read_image(path: str | Path, mode: str = "RGB", max_pixels: int | None = MAX_PIXELS,
+def default_max_pixels() -> int:
+    """read_image's default pixel limit: $CLIP_GUIDANCE_MAX_PIXELS when set, else MAX_PIXELS."""
+    text = os.environ.get(MAX_PIXELS_VARIABLE, "").strip()
+    if not text:
+        return MAX_PIXELS
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InvalidInputError(f"{MAX_PIXELS_VARIABLE}={text!r} is not a pixel count; set it to a whole number "
+                                f"such as {MAX_PIXELS * 2}, or unset it for the default {MAX_PIXELS}")
+    return value
+
+
+def read_image(path: str | Path, mode: str = "RGB", max_pixels: int | None | Literal["default"] = "default",
                single_frame: bool = False) -> Image.Image:
     """Read any image file as an 8-bit PIL image in `mode` ('RGB', 'L' or 'RGBA'), or raise a one-line error.
 
-    The pixel count is checked from the header before decoding (`max_pixels`, None for no limit). 16-bit images
+    The pixel count is checked from the header before decoding (`max_pixels`; None for no limit, 'default' for
+    MAX_PIXELS or the environment variable CLIP_GUIDANCE_MAX_PIXELS when it is set). 16-bit images
     are scaled (not clipped) to 8 bits, palettes and CMYK converted, transparency composited on white (except
     for 'RGBA'). A multi-frame file (GIF, APNG, TIFF) gives its first frame, or is refused if `single_frame`.
     """
     if mode not in READ_MODES:
         raise InvalidInputError(f"unknown image mode {mode!r}; choose one of {', '.join(READ_MODES)}")
+    hint = f" (or raise the limit with {MAX_PIXELS_VARIABLE})" if max_pixels == "default" else ""
+    max_pixels = default_max_pixels() if max_pixels == "default" else max_pixels
     path = Path(path)
     if path.is_dir():
         raise InvalidInputError(f"{path} is a directory, not an image file; give the path of a PNG, JPEG or WebP file")
@@ -55,7 +75,7 @@ def read_image(path: str | Path, mode: str = "RGB", max_pixels: int | None = MAX
         raise InvalidInputError(f"image {path} is an empty file (0 bytes); give a PNG, JPEG or WebP file")
     try:
         with _opened(path) as image:
-            _check_pixels(path, image.size, max_pixels)
+            _check_pixels(path, image.size, max_pixels, hint)
             frames = getattr(image, "n_frames", 1)
             if single_frame and frames > 1:
                 raise InvalidInputError(f"image {path} has {frames} frames, and this takes one still image; "
@@ -69,7 +89,7 @@ def read_image(path: str | Path, mode: str = "RGB", max_pixels: int | None = MAX
         declared = re.search(r"\((\d+) pixels\)", str(error))
         count = f" ({int(declared.group(1)) / 1e6:.0f} Mpx)" if declared else ""
         raise InvalidInputError(f"image {path} is too large{count}, over the limit of {_megapixels(max_pixels)}; "
-                                "downscale it first") from None
+                                f"downscale it first{hint}") from None
     except UnidentifiedImageError:
         raise InvalidInputError(f"cannot read image {path}: not an image format PIL knows; "
                                 "use a PNG, JPEG or WebP file") from None
@@ -78,14 +98,14 @@ def read_image(path: str | Path, mode: str = "RGB", max_pixels: int | None = MAX
                                 f"({type(error).__name__}); save it again as a PNG, JPEG or WebP file") from None
 
 
-def _check_pixels(path: Path, size: tuple[int, int], max_pixels: int | None) -> None:
-    """Refuse an image whose header declares more than `max_pixels` pixels."""
+def _check_pixels(path: Path, size: tuple[int, int], max_pixels: int | None, hint: str) -> None:
+    """Refuse an image whose header declares more than `max_pixels` pixels (`hint` ends the message)."""
     width, height = size
     if width <= 0 or height <= 0:
         raise InvalidInputError(f"image {path} declares an impossible size {width}x{height}; save it again")
     if max_pixels is not None and width * height > max_pixels:
         raise InvalidInputError(f"image {path} is {width}x{height} ({width * height / 1e6:.0f} Mpx), over the limit of "
-                                f"{_megapixels(max_pixels)}; downscale it first")
+                                f"{_megapixels(max_pixels)}; downscale it first{hint}")
 
 
 def _megapixels(count: int | None) -> str:
@@ -122,7 +142,7 @@ def _to_eight_bit(image: Image.Image) -> Image.Image:
 
 
 def load_image(path: str | Path, size: tuple[int, int] | None = None, mode: str = "RGB",
-               max_pixels: int | None = MAX_PIXELS) -> torch.Tensor:
+               max_pixels: int | None | Literal["default"] = "default") -> torch.Tensor:
     """Read an image file (read_image) as a (1, C, H, W) float tensor in [0, 1], optionally resized to (width, height)."""
     image = read_image(path, mode, max_pixels)
     if size is not None and image.size != tuple(size):

@@ -204,6 +204,28 @@ def test_the_pixel_limit_is_settable(tmp_path):
     assert read_image(path, max_pixels=200).size == (20, 10)
 
 
+def test_the_default_pixel_limit_comes_from_the_environment(tmp_path, monkeypatch):
+    path = tmp_path / "small.png"
+    Image.new("RGB", (20, 10)).save(path)
+    monkeypatch.setenv("CLIP_GUIDANCE_MAX_PIXELS", "100")
+    with pytest.raises(InvalidInputError, match="20x10 .* over the limit of 0.0001 Mpx; downscale it first "
+                                                r"\(or raise the limit with CLIP_GUIDANCE_MAX_PIXELS\)$"):
+        load_image(path)
+    assert read_image(path, max_pixels=200).size == (20, 10)  # an explicit limit wins
+    monkeypatch.setenv("CLIP_GUIDANCE_MAX_PIXELS", "200")
+    assert load_image(path).shape == (1, 3, 10, 20)
+
+
+@pytest.mark.parametrize("value", ["lots", "0", "-5", "1e9"])
+def test_a_bad_pixel_limit_in_the_environment_is_refused_in_one_line(tmp_path, monkeypatch, value):
+    path = tmp_path / "small.png"
+    Image.new("RGB", (20, 10)).save(path)
+    monkeypatch.setenv("CLIP_GUIDANCE_MAX_PIXELS", value)
+    with pytest.raises(InvalidInputError, match=f"CLIP_GUIDANCE_MAX_PIXELS='{value}' is not a pixel count") as error:
+        read_image(path)
+    assert "\n" not in str(error.value)
+
+
 @pytest.mark.parametrize("content, message", [
     (b"", "empty file"),
     (b"plain text, not an image\n", "not an image format"),

@@ -142,6 +142,19 @@ def test_bad_input_catalogue(model_files, places, capsys, name, extra, code, fra
     assert not Path(places["OUT"]).exists()
 
 
+@pytest.mark.parametrize("name", LATENT)
+def test_the_image_pixel_limit_is_set_by_the_environment(model_files, places, capsys, monkeypatch, name):
+    monkeypatch.setenv("CLIP_GUIDANCE_MAX_PIXELS", "1000")  # the 32x32 photo has 1024
+    code, err = run(name, [*model_args(name, model_files), "a cat", "--steps", "1", "--size", "32",
+                           "--init-image", places["PHOTO"], "-o", places["OUT"]], capsys)
+    assert code == 2 and err == (f"error: image {places['PHOTO']} is 32x32 (0 Mpx), over the limit of 0.001 Mpx; "
+                                 "downscale it first (or raise the limit with CLIP_GUIDANCE_MAX_PIXELS)")
+    monkeypatch.setenv("CLIP_GUIDANCE_MAX_PIXELS", "1024")
+    code, err = run(name, [*model_args(name, model_files), "a cat", "--steps", "1", "--size", "32", "--cutn", "2",
+                           "--init-image", places["PHOTO"], "-o", places["OUT"], "--save-every", "0"], capsys)
+    assert code == 0, err
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_an_unwritable_output_is_refused_before_any_model_loads(name, places, capsys, monkeypatch):
     def no_loading(*args, **kwargs):
