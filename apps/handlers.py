@@ -13,7 +13,6 @@ import math
 import queue
 import re
 import sys
-import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from apps.cli import DEFAULT_OUTPUT_DIR
 from apps.model_policy import CLIP_KIND, ModelPolicy
 from apps.results import new_run_folder, prune_results
 from apps.run_queue import RunQueue, StopSignals
@@ -64,7 +64,7 @@ class AppConfig:
     max_upload_bytes: str = "50mb"  # Gradio refuses larger files before they reach the app
     keep_results: int | None = None  # run folders kept in output_dir (the oldest are removed); None: all
     keep_results_mb: float | None = None  # and at most this many MB of them
-    output_dir: Path = Path(tempfile.gettempdir()) / "clip-guidance-app"
+    output_dir: Path = DEFAULT_OUTPUT_DIR
     models: ModelPolicy = field(default_factory=ModelPolicy.build)
 
 # --- inputs ---------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = {"torch", "torchvision", "open_clip", "kornia", "diffusers", "transformers", "accelerate", "gradio"}
 CLIS = ["pipelines.vqgan_clip", "pipelines.pixels_clip", "pipelines.clip_guided_diffusion", "pipelines.latent_optimization",
-        "pipelines.batch", "pipelines.zero_shot", "pipelines.clip_score"]
+        "pipelines.batch", "pipelines.zero_shot", "pipelines.clip_score", "apps.gradio_app"]
 
 
 def run(module: str, *args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
@@ -68,4 +68,15 @@ def test_parser_defaults_read_from_the_source_are_those_of_the_code():
                              ("pipelines.vqgan_clip", VQGANCLIPPipeline), ("pipelines.pixels_clip", PixelsCLIPPipeline)]:
         attributes = source_literals(module, pipeline.__name__)
         assert (attributes["default_size"], attributes["default_lr"]) == (pipeline.default_size, pipeline.default_lr)
+
+
+
+def test_the_app_parser_defaults_are_those_of_its_config():
+    from apps.gradio_app import build_parser
+    from apps.handlers import AppConfig
+
+    args, config = build_parser().parse_args([]), AppConfig()
+    for name in ("device", "max_queue", "max_size", "max_steps", "max_cutn", "max_num_images", "max_upload_pixels",
+                 "output_dir"):
+        assert getattr(args, name) == getattr(config, name), name
 
