@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from generators.diffusion import (SCHEDULERS, DiffusionModel, ddim_invert, final_alpha, guided_eps,
-                                  inversion_timesteps, known_diffusion_names, load_diffusion, make_scheduler,
-                                  previous_timestep, save_diffusion, scheduler_step)
+from generators.diffusion import (GUIDANCE_SCHEDULES, SCHEDULERS, DiffusionModel, backward_eps, ddim_invert,
+                                  final_alpha, guidance_weight, guided_eps, inversion_timesteps, known_diffusion_names,
+                                  load_diffusion, make_scheduler, previous_timestep, renoise, save_diffusion,
+                                  scheduler_step)
 from generators.diffusion.noise import DEFAULT_NOISE_STEPS, NoiseGenerator
 from guidance.clip_loss import CLIPLoss, DirectionalCLIPLoss
 from guidance.clip_models import CLIPEncoder, load_clip_ensemble
@@ -54,6 +55,8 @@ DEFAULT_MODEL = "google/ddpm-celebahq-256"
 DEFAULT_CLIP_SCALE = 1000.0  # Disco Diffusion's order of magnitude: clip 1000, tv 150, range 50
 DEFAULT_CFG_SCALE = 7.5
 MAX_INVERSION_REFINE = 100  # fixed-point refinements per inversion step (each one more UNet pass)
+MAX_RECURRENCE = 100  # times a guided step may be done (each one more guided UNet pass)
+MAX_BACKWARD_STEPS = 1000  # backward-guidance optimiser steps per guided step
 DEFAULT_EDIT_STRENGTH = 0.5  # DiffusionCLIP's t0 of about 500 of 1000 steps; also the default share redone from an init
 
 Size = str | int | tuple[int, int]
@@ -80,9 +83,22 @@ class Plan:
     inversion_refine: int
 
 
+def parse_range(value: str | Sequence[float], label: str = "--recurrence-range") -> tuple[float, float]:
+    """A part of the steps, 'A:B' or (A, B) with 0 <= A < B <= 1, as a pair of fractions."""
+    try:
+        low, high = (float(v) for v in (value.split(":") if isinstance(value, str) else value))
+    except (TypeError, ValueError):
+        low = high = math.nan
+    if not 0 <= low < high <= 1:
+        raise InvalidInputError(f"{label} must be A:B, fractions of the steps with 0 <= A < B <= 1 (e.g. 0.2:0.6), "
+                                f"got {value!r}")
+    return low, high
+
+
 @dataclass(frozen=True)
 class GuidanceSettings:
-    """The penalties guidance adds to the CLIP loss, the gradient clamp, and which steps it guides."""
+    """The penalties guidance adds to the CLIP loss, the gradient clamp, which steps it guides and how strongly,
+    self-recurrence (redoing a guided step) and backward guidance (optimising the clean estimate)."""
 
     tv_scale: float
     range_scale: float
@@ -90,13 +106,23 @@ class GuidanceSettings:
     guide_from: float
     guide_until: float
     guide_every: int
+    guidance_schedule: str = "constant"
+    recurrence: int = 1
+    recurrence_range: tuple[float, float] = (0.0, 1.0)
+    backward_steps: int = 0
+    backward_lr: float = 0.05
 
     def check(self) -> None:
         """Validate the settings (MakeCutouts checks its own)."""
         for label, value in (("--tv-scale", self.tv_scale), ("--range-scale", self.range_scale),
-                             ("--clamp-grad", self.clamp_grad)):
+                             ("--clamp-grad", self.clamp_grad), ("--backward-lr", self.backward_lr)):
             if not (math.isfinite(value) and value >= 0):
                 raise InvalidInputError(f"{label} must be a non-negative number, got {value}")
+        if self.guidance_schedule not in GUIDANCE_SCHEDULES:
+            raise InvalidInputError(f"unknown --guidance-schedule {self.guidance_schedule!r}; choose one of "
+                                    f"{', '.join(GUIDANCE_SCHEDULES)}")
+        check_count("--recurrence", self.recurrence, 1, MAX_RECURRENCE)
+        check_count("--backward-steps", self.backward_steps, 0, MAX_BACKWARD_STEPS)
         if not 0 <= self.guide_from < self.guide_until <= 1:
             raise InvalidInputError(f"guide only a part of the steps with 0 <= --guide-from < --guide-until <= 1, "
                                     f"got {self.guide_from} and {self.guide_until}")
@@ -108,6 +134,15 @@ class GuidanceSettings:
         first = math.ceil(self.guide_from * count)
         return {index for index in range(first, count)
                 if index < self.guide_until * count and (index - first) % self.guide_every == 0}
+
+    def repeats(self, index: int, count: int) -> int:
+        """How many times guided step `index` of `count` is done: `recurrence` inside its range, else once."""
+        low, high = self.recurrence_range
+        return self.recurrence if low * count <= index < high * count else 1
+
+    def weight(self, index: int, count: int) -> float:
+        """The guidance schedule's weight at step `index` of `count`."""
+        return guidance_weight(self.guidance_schedule, index / max(count - 1, 1))
 
 
 @dataclass
@@ -227,7 +262,9 @@ class CLIPGuidedDiffusionPipeline:
                  scheduler: str = "ddim", eta: float = 0.0, skip_steps: int | None = None,
                  edit_strength: float | None = None, clip_scale: float | None = None, tv_scale: float = 150.0,
                  range_scale: float = 50.0, clamp_grad: float = 0.05, guide_from: float = 0.0, guide_until: float = 1.0,
-                 guide_every: int = 1, cfg_scale: float | None = None, cutn: int = 32, cut_pow: float = 0.5,
+                 guide_every: int = 1, guidance_schedule: str = "constant", recurrence: int = 1,
+                 recurrence_range: str | tuple[float, float] = "0:1", backward_steps: int = 0,
+                 backward_lr: float = 0.05, cfg_scale: float | None = None, cutn: int = 32, cut_pow: float = 0.5,
                  augment: str = "default", init_image: InitImages | None = None, init_weight: float | None = None,
                  mask: str | Path | torch.Tensor | None = None, source_text: str | None = None,
                  inversion_steps: int | None = None, inversion_refine: int = 0, precision: str = "fp32",
@@ -241,7 +278,9 @@ class CLIPGuidedDiffusionPipeline:
                          edit_strength=edit_strength, clip_scale=clip_scale, init_image=init_image,
                          init_weight=init_weight, mask=mask, source_text=source_text, inversion_steps=inversion_steps,
                          inversion_refine=inversion_refine, cfg_scale=cfg_scale)
-        guidance = GuidanceSettings(tv_scale, range_scale, clamp_grad, guide_from, guide_until, guide_every)
+        guidance = GuidanceSettings(tv_scale, range_scale, clamp_grad, guide_from, guide_until, guide_every,
+                                    guidance_schedule, recurrence, parse_range(recurrence_range), backward_steps,
+                                    backward_lr)
         guidance.check()
         check_cutouts(cutn, cut_pow)
         check_count("--save-every", save_every, 0, MAX_STEPS)
@@ -433,8 +472,10 @@ class CLIPGuidedDiffusionPipeline:
     def _denoise(self, run: Run, x: torch.Tensor, condition: Any, loss_fn: GuidanceLoss | None,
                  guidance: GuidanceSettings, save_every: int, callback: StepCallback | None,
                  progress: bool) -> Denoised:
-        """Run the scheduler over the run's timesteps, guiding the chosen steps; the callback or Ctrl-C stop it."""
-        guided = guidance.guided_steps(len(run.timesteps)) if loss_fn else set()
+        """Run the scheduler over the run's timesteps, guiding the chosen steps (each redone `recurrence` times in
+        its range, re-noised in between); the callback or Ctrl-C stop it."""
+        count = len(run.timesteps)
+        guided = guidance.guided_steps(count) if loss_fn else set()
         latent_mask = F.adaptive_max_pool2d(run.mask, x.shape[-2:]) if run.mask is not None else None
         estimate = run.x_init if run.x_init is not None else x
         records: list[Record] = []
@@ -443,13 +484,18 @@ class CLIPGuidedDiffusionPipeline:
         bar = tqdm(run.timesteps, desc="diffusion", disable=not progress, dynamic_ncols=True)
         try:
             for index, t in enumerate(bar):
-                eps, record = self._predict_eps(run, x, t, condition, loss_fn if index in guided else None,
-                                                guidance.clamp_grad)
+                step_loss = loss_fn if index in guided else None
+                repeats = guidance.repeats(index, count) if step_loss else 1
+                for repeat in range(repeats):
+                    if repeat:  # time travel: back from the step's result to its timestep, with fresh noise
+                        x = renoise(x, self._alpha_after(run, index), self.model.alpha_bar(t), run.generator)
+                    eps, record = self._predict_eps(run, x, t, condition, step_loss, guidance,
+                                                    guidance.weight(index, count))
+                    x, estimate = scheduler_step(run.sampler, eps, t, x, run.plan.eta, run.generator)
+                    if latent_mask is not None:
+                        x = self._keep_unmasked(run, x, latent_mask, index)
                 if record is not None:
                     records.append((index + 1, t, *record))
-                x, estimate = scheduler_step(run.sampler, eps, t, x, run.plan.eta, run.generator)
-                if latent_mask is not None:
-                    x = self._keep_unmasked(run, x, latent_mask, index)
                 steps_done = step = index + 1
                 if save_every and (step % save_every == 0 or step == len(run.timesteps)):
                     preview = self._decode(run, estimate)
@@ -464,15 +510,23 @@ class CLIPGuidedDiffusionPipeline:
         return Denoised(final, _history(records), steps_done, frames, interrupted)
 
     def _predict_eps(self, run: Run, x: torch.Tensor, t: int, condition: Any, loss_fn: GuidanceLoss | None,
-                     clamp_grad: float) -> tuple[torch.Tensor, tuple[Any, ...] | None]:
-        """The noise prediction at one step, guided down `loss_fn` when given: (eps, (loss, whether the gradient
-        was finite, the CLIP loss's parts) or None)."""
+                     guidance: GuidanceSettings, weight: float) -> tuple[torch.Tensor, tuple[Any, ...] | None]:
+        """The noise prediction at one step, guided down `loss_fn` when given (then backward-guided when asked):
+        (eps, (loss, whether the gradient was finite, the CLIP loss's parts) or None)."""
         with autocast(self.device, run.precision):
-            if loss_fn is not None:
-                eps, loss, finite = guided_eps(self.model, x, t, condition, loss_fn, clamp_grad)
-                return eps, (loss, finite, loss_fn.last_losses)
-            with torch.no_grad():
-                return self.model.predict_eps(x, t, condition), None
+            if loss_fn is None:
+                with torch.no_grad():
+                    return self.model.predict_eps(x, t, condition), None
+            eps, loss, finite = guided_eps(self.model, x, t, condition, loss_fn, guidance.clamp_grad, weight)
+            if guidance.backward_steps:
+                eps, _ = backward_eps(self.model, x, t, eps, loss_fn, guidance.backward_steps, guidance.backward_lr,
+                                      weight)
+            return eps, (loss, finite, loss_fn.last_losses)
+
+    def _alpha_after(self, run: Run, index: int) -> float:
+        """The noise level the sample is at after step `index`: the next timestep's, or DDIM's final one."""
+        following = previous_timestep(run.timesteps, index)
+        return final_alpha(run.sampler) if following is None else self.model.alpha_bar(following)
 
     def _keep_unmasked(self, run: Run, x: torch.Tensor, latent_mask: torch.Tensor, index: int) -> torch.Tensor:
         """Blended Diffusion: outside the mask, replace the sample by the init noised to the next timestep."""
@@ -497,6 +551,7 @@ class CLIPGuidedDiffusionPipeline:
             "pipeline": "clip_guided_diffusion", "prompt": prompt, "model": self.model.name, "size": f"{width}x{height}",
             "steps": plan.steps, "skip_steps": plan.skip, "scheduler": plan.scheduler, "eta": plan.eta, "seed": seed,
             "clip_scale": plan.clip_scale, **asdict(guidance),
+            "recurrence_range": ":".join(f"{v:g}" for v in guidance.recurrence_range),
             "cfg_scale": plan.cfg_scale if self.model.text_conditioned and not directional else None,
             "cutn": cutouts.cutn, "cut_pow": cutouts.cut_pow, "augment": cutouts.augment,
             "clip_models": self.clip_names if plan.clip_scale else None,
@@ -576,6 +631,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="guide until this fraction of the steps")
     parser.add_argument("--guide-every", type=int, default=defaults["guide_every"],
                         help="guide every K-th step (faster)")
+    parser.add_argument("--guidance-schedule", choices=sorted(GUIDANCE_SCHEDULES),
+                        default=defaults["guidance_schedule"],
+                        help="the CLIP guidance's weight over the steps: constant, or fading from full at the first "
+                             "step to 0 at the last (linear, cosine)")
+    parser.add_argument("--recurrence", type=int, default=defaults["recurrence"],
+                        help="self-recurrence (Universal Guidance / FreeDoM time travel): do each guided step K times "
+                             "in --recurrence-range, re-noising its result back to its timestep in between (1: off)")
+    parser.add_argument("--recurrence-range", default=defaults["recurrence_range"],
+                        help="A:B, the part of the steps (fractions, 0 <= A < B <= 1) that --recurrence applies to")
+    parser.add_argument("--backward-steps", type=int, default=defaults["backward_steps"],
+                        help="backward guidance (Universal Guidance): at each guided step, optimise the clean estimate "
+                             "for M Adam steps and re-derive the noise from it (0: off)")
+    parser.add_argument("--backward-lr", type=float, default=defaults["backward_lr"],
+                        help="backward guidance's Adam learning rate (in [-1, 1] pixel units for pixel models)")
     parser.add_argument("--cfg-scale", type=float, default=defaults["cfg_scale"],
                         help=f"classifier-free guidance of text-conditioned models (default {DEFAULT_CFG_SCALE:g})")
     add_guidance_arguments(parser, defaults, "guided step")
@@ -654,7 +723,9 @@ def main(argv: list[str]) -> int:
                   skip_steps=args.skip_steps, edit_strength=args.edit_strength, clip_scale=args.clip_scale,
                   tv_scale=args.tv_scale, range_scale=args.range_scale, clamp_grad=args.clamp_grad,
                   guide_from=args.guide_from, guide_until=args.guide_until, guide_every=args.guide_every,
-                  cfg_scale=args.cfg_scale, cutn=args.cutn, cut_pow=args.cut_pow, augment=args.augment,
+                  guidance_schedule=args.guidance_schedule, recurrence=args.recurrence,
+                  recurrence_range=args.recurrence_range, backward_steps=args.backward_steps,
+                  backward_lr=args.backward_lr, cfg_scale=args.cfg_scale, cutn=args.cutn, cut_pow=args.cut_pow, augment=args.augment,
                   init_image=args.init_image, init_weight=args.init_weight, mask=args.mask,
                   source_text=args.source_text, inversion_steps=args.inversion_steps,
                   inversion_refine=args.inversion_refine, precision=args.precision,
@@ -669,7 +740,8 @@ METHODS = ("sampler", "noise")
 NOISE_ITERATIONS = 50  # ReNO's
 # Options of the per-step sampler that noise optimisation does not use.
 SAMPLER_ONLY = ("scheduler", "eta", "skip_steps", "edit_strength", "clip_scale", "tv_scale", "range_scale",
-                "clamp_grad", "guide_from", "guide_until", "guide_every", "inversion_steps", "inversion_refine",
+                "clamp_grad", "guide_from", "guide_until", "guide_every", "guidance_schedule", "recurrence",
+                "recurrence_range", "backward_steps", "backward_lr", "inversion_steps", "inversion_refine",
                 "finetune_steps", "save_model")
 
 
