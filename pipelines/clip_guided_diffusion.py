@@ -44,7 +44,8 @@ from guidance.validation import MAX_STEPS, check_count, check_some_weight
 from pipelines.common import (CLIParser, DEFAULT_CLIP, InitImages, PipelineOutput, StepCallback,
                               add_guidance_arguments, add_runtime_arguments, call_defaults, check_cli_outputs,
                               check_cutouts, clean_recipe, command_line, directional_target, edit_mode, finish_cli,
-                              frame_of, load_edit_inputs, parse_size, round_size, run_cli, save_partial)
+                              frame_of, load_edit_inputs, output_paths, parse_size, round_size, run_cli,
+                              save_partial)
 from pipelines.latent_optimization import LatentOptimizationPipeline
 from pipelines.registry import PipelineSpec
 
@@ -578,13 +579,6 @@ def image_names(init_image: Any) -> list[str] | None:
     if init_image is None or isinstance(init_image, torch.Tensor):
         return None
     return [str(p) for p in ([init_image] if isinstance(init_image, (str, Path)) else init_image)]
-
-
-def output_paths(output: Path, count: int) -> list[Path]:
-    """One PNG per edited image: the output itself for one, `NAME-1.png`, `NAME-2.png`, ... for several."""
-    if count == 1:
-        return [output]
-    return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(1, count + 1)]
 
 
 def build_parser() -> argparse.ArgumentParser:
