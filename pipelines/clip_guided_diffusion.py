@@ -58,6 +58,7 @@ DEFAULT_CFG_SCALE = 7.5
 MAX_INVERSION_REFINE = 100  # fixed-point refinements per inversion step (each one more UNet pass)
 MAX_RECURRENCE = 100  # times a guided step may be done (each one more guided UNet pass)
 MAX_BACKWARD_STEPS = 1000  # backward-guidance optimiser steps per guided step
+MAX_IMAGES = 64  # images sampled together in one batch
 DEFAULT_EDIT_STRENGTH = 0.5  # DiffusionCLIP's t0 of about 500 of 1000 steps; also the default share redone from an init
 
 Size = str | int | tuple[int, int]
@@ -158,6 +159,7 @@ class Run:
     precision: str
     init: torch.Tensor | None  # the init images in [0, 1]
     mask: torch.Tensor | None  # (1, 1, H, W), 1 = change
+    batch: int = 1  # images sampled together
     x_init: torch.Tensor | None = None  # the init images as samples
 
 
@@ -269,8 +271,11 @@ class CLIPGuidedDiffusionPipeline:
                  augment: str = "default", init_image: InitImages | None = None, init_weight: float | None = None,
                  mask: str | Path | torch.Tensor | None = None, source_text: str | None = None,
                  inversion_steps: int | None = None, inversion_refine: int = 0, precision: str = "fp32",
-                 save_every: int = 50, callback: StepCallback | None = None, progress: bool = True) -> PipelineOutput:
-        """Generate (or edit) images; returns them with the history. Ctrl-C ends early and keeps the last estimate."""
+                 num_images: int = 1, save_every: int = 50, callback: StepCallback | None = None,
+                 progress: bool = True) -> PipelineOutput:
+        """Generate (or edit) images; returns them with the history. Ctrl-C ends early and keeps the last estimate.
+
+        `num_images` images are sampled together as one batch from the seed's noise (generation only)."""
         # 1. Check inputs: settle the plan and the guidance before any work, then seed the run.
         check_precision(precision, self.device)
         prompt, source_text, edit_strength = self._finetuned_edit(prompt, init_image, mask, source_text, skip_steps,
@@ -285,15 +290,20 @@ class CLIPGuidedDiffusionPipeline:
         guidance.check()
         check_cutouts(cutn, cut_pow)
         check_count("--save-every", save_every, 0, MAX_STEPS)
+        check_count("--num-images", num_images, 1, MAX_IMAGES)
+        if num_images > 1 and init_image is not None:
+            raise InvalidInputError("--num-images samples several images from noise; an edit makes one per "
+                                    "--init-image")
         cutouts = MakeCutouts(max((m.image_size for m, _ in self.clip_models), default=224), cutn=cutn, cut_pow=cut_pow,
                               augment=augment)
         seed, size, init, mask_tensor = self.prepare_run(seed, size, init_image, mask)
-        self._check_memory(size, cutn if plan.clip_scale else 0, 1 if init is None else init.shape[0])
+        batch = num_images if init is None else init.shape[0]
+        self._check_memory(size, cutn if plan.clip_scale else 0, batch)
         generator = torch.Generator(device=self.device).manual_seed(seed)
 
         # 2. Prepare latents: the timesteps, and the start sample (noise, the noised init image or its inversion).
         sampler, timesteps = self.schedule(plan)
-        run = Run(plan, size, sampler, timesteps, generator, precision, init, mask_tensor)
+        run = Run(plan, size, sampler, timesteps, generator, precision, init, mask_tensor, batch)
         started = time.perf_counter()
         with explain_out_of_memory(*self._memory_hint(size, cutn)):
             with torch.no_grad(), autocast(self.device, precision):
@@ -310,8 +320,9 @@ class CLIPGuidedDiffusionPipeline:
         recipe.update(steps_done=denoised.steps_done, interrupted=denoised.interrupted,
                       seconds=round(time.perf_counter() - started, 2))
         images = [tensor_to_pil(final[i:i + 1]) for i in range(final.shape[0])]
+        own = [{"num_images": num_images, "index": k, "seed": seed} for k in range(1, num_images + 1)]
         return PipelineOutput(images, denoised.history, denoised.frames + [frame_of(final)], recipe,
-                              denoised.interrupted)
+                              denoised.interrupted, own if num_images > 1 else [])
 
     # --- 1. checking the inputs -------------------------------------------------------------------------------
 
@@ -434,8 +445,7 @@ class CLIPGuidedDiffusionPipeline:
         positive = ", ".join(p.text for p in plan.prompts if p.weight > 0)
         negative = ", ".join(p.text for p in plan.prompts if p.weight < 0)
         condition = self.model.condition(positive, negative, plan.cfg_scale)
-        batch = 1 if run.init is None else run.init.shape[0]
-        noise = torch.randn((batch, *self.model.sample_shape(*run.size)), generator=run.generator, device=self.device)
+        noise = torch.randn((run.batch, *self.model.sample_shape(*run.size)), generator=run.generator, device=self.device)
         if run.x_init is None:
             return noise, condition
         return self.model.add_noise(run.x_init, noise, run.timesteps[0]), condition
@@ -642,6 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cfg-scale", type=float, default=defaults["cfg_scale"],
                         help=f"classifier-free guidance of text-conditioned models (default {DEFAULT_CFG_SCALE:g})")
     add_guidance_arguments(parser, defaults, "guided step")
+    parser.add_argument("--num-images", type=int, default=defaults["num_images"],
+                        help="sample N images together as one batch (NAME-1.png ... NAME-N.png; not with --init-image)")
     parser.add_argument("--init-image", action="append", default=defaults["init_image"],
                         help="start from this image and edit it; repeat to edit several (NAME-1.png, NAME-2.png, ...)")
     parser.add_argument("--init-weight", type=float, default=defaults["init_weight"],
@@ -697,7 +709,7 @@ def main(argv: list[str]) -> int:
         raise InvalidInputError("--save-model saves a fine-tuned model; add --finetune-steps N")
     if args.finetune_steps and args.skip_steps is not None:
         raise InvalidInputError("fine-tuning sets its start step with --edit-strength, not --skip-steps")
-    paths = output_paths(output, len(args.init_image or [None]))
+    paths = output_paths(output, len(args.init_image) if args.init_image else args.num_images)
     check_cli_outputs(paths, args.video)
     if args.save_model:
         check_folder(args.save_model, "--save-model folder")
@@ -722,7 +734,7 @@ def main(argv: list[str]) -> int:
                   backward_lr=args.backward_lr, cfg_scale=args.cfg_scale, cutn=args.cutn, cut_pow=args.cut_pow, augment=args.augment,
                   init_image=args.init_image, init_weight=args.init_weight, mask=args.mask,
                   source_text=args.source_text, inversion_steps=args.inversion_steps,
-                  inversion_refine=args.inversion_refine, precision=args.precision,
+                  inversion_refine=args.inversion_refine, precision=args.precision, num_images=args.num_images,
                   save_every=args.save_every, callback=save_progress)
     own = [{"init_image": path} for path in args.init_image] if args.init_image else ()
     return finish_cli(result, paths, command, args.video, own)
@@ -735,7 +747,7 @@ NOISE_ITERATIONS = 50  # ReNO's
 # Options of the per-step sampler that noise optimisation does not use.
 SAMPLER_ONLY = ("scheduler", "eta", "skip_steps", "edit_strength", "clip_scale", "tv_scale", "range_scale",
                 "clamp_grad", "guide_from", "guide_until", "guide_every", "guidance_schedule", "recurrence",
-                "recurrence_range", "backward_steps", "backward_lr", "inversion_steps", "inversion_refine",
+                "recurrence_range", "backward_steps", "backward_lr", "inversion_steps", "inversion_refine", "num_images",
                 "finetune_steps", "save_model")
 
 
