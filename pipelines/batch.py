@@ -349,8 +349,8 @@ class Batch:
             raise KeyboardInterrupt
         names = image_names(job.id, len(result.images))
         command = self.command(job, self.folder / f"{job.id}.png")
-        for image, name in zip(result.images, names):
-            save_png(image, self.folder / name, {**result.recipe, "command": command, "batch_job": job.id})
+        for index, (image, name) in enumerate(zip(result.images, names)):
+            save_png(image, self.folder / name, {**result.recipe_of(index), "command": command, "batch_job": job.id})
         return {**record, "files": names, "status": "done", **_finish(started)}
 
 

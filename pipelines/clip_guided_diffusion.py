@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from pipelines.parsers import (DEFAULT_CFG_SCALE, DEFAULT_CLIP_SCALE, DEFAULT_MODEL, MAX_INVERSION_REFINE,
-                               NOISE_ITERATIONS)
+from pipelines.parsers import (DEFAULT_BACKWARD_LR, DEFAULT_CFG_SCALE, DEFAULT_CLIP_SCALE, DEFAULT_EDIT_BACKWARD_STEPS,
+                               DEFAULT_MODEL, MAX_INVERSION_REFINE, NOISE_ITERATIONS)
 from pipelines.parsers import clip_guided_diffusion_parser as build_parser
 
 if __name__ == "__main__":  # parse first: --help and usage errors answer before the heavy imports below
@@ -32,9 +32,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from generators.diffusion import (SCHEDULERS, DiffusionModel, ddim_invert, final_alpha, guided_eps,
-                                  inversion_timesteps, known_diffusion_names, load_diffusion, make_scheduler,
-                                  previous_timestep, save_diffusion, scheduler_step)
+from generators.diffusion import (GUIDANCE_SCHEDULES, SCHEDULERS, DiffusionModel, backward_eps, ddim_invert,
+                                  final_alpha, guidance_weight, guided_eps, inversion_timesteps, known_diffusion_names,
+                                  load_diffusion, make_scheduler, previous_timestep, renoise, save_diffusion,
+                                  scheduler_step)
 from generators.diffusion.noise import NoiseGenerator
 from guidance.clip_loss import CLIPLoss, DirectionalCLIPLoss
 from guidance.clip_models import CLIPEncoder, load_clip_ensemble
@@ -49,13 +50,16 @@ from guidance.runtime import autocast, check_precision, explain_out_of_memory, p
 from guidance.validation import MAX_STEPS, check_count, check_some_weight
 from pipelines.common import (DEFAULT_CLIP, InitImages, PipelineOutput, StepCallback, check_cli_outputs, check_cutouts,
                               clean_recipe, command_line, directional_target, edit_mode, finish_cli, frame_of,
-                              load_edit_inputs, parse_size, round_size, run_cli, save_partial)
+                              load_edit_inputs, output_paths, parse_size, round_size, run_cli, save_partial)
 from pipelines.latent_optimization import LatentOptimizationPipeline
 from pipelines.registry import PipelineSpec
 
 if TYPE_CHECKING:
     from pipelines.diffusionclip import FinetuneOutput
 
+MAX_RECURRENCE = 100  # times a guided step may be done (each one more guided UNet pass)
+MAX_BACKWARD_STEPS = 1000  # backward-guidance optimiser steps per guided step
+MAX_IMAGES = 64  # images sampled together in one batch
 DEFAULT_EDIT_STRENGTH = 0.5  # DiffusionCLIP's t0 of about 500 of 1000 steps; also the default share redone from an init
 
 Size = str | int | tuple[int, int]
@@ -82,9 +86,22 @@ class Plan:
     inversion_refine: int
 
 
+def parse_range(value: str | Sequence[float], label: str = "--recurrence-range") -> tuple[float, float]:
+    """A part of the steps, 'A:B' or (A, B) with 0 <= A < B <= 1, as a pair of fractions."""
+    try:
+        low, high = (float(v) for v in (value.split(":") if isinstance(value, str) else value))
+    except (TypeError, ValueError):
+        low = high = math.nan
+    if not 0 <= low < high <= 1:
+        raise InvalidInputError(f"{label} must be A:B, fractions of the steps with 0 <= A < B <= 1 (e.g. 0.2:0.6), "
+                                f"got {value!r}")
+    return low, high
+
+
 @dataclass(frozen=True)
 class GuidanceSettings:
-    """The penalties guidance adds to the CLIP loss, the gradient clamp, and which steps it guides."""
+    """The penalties guidance adds to the CLIP loss, the gradient clamp, which steps it guides and how strongly,
+    self-recurrence (redoing a guided step) and backward guidance (optimising the clean estimate)."""
 
     tv_scale: float
     range_scale: float
@@ -92,13 +109,23 @@ class GuidanceSettings:
     guide_from: float
     guide_until: float
     guide_every: int
+    guidance_schedule: str = "constant"
+    recurrence: int = 1
+    recurrence_range: tuple[float, float] = (0.0, 1.0)
+    backward_steps: int = 0
+    backward_lr: float = DEFAULT_BACKWARD_LR
 
     def check(self) -> None:
         """Validate the settings (MakeCutouts checks its own)."""
         for label, value in (("--tv-scale", self.tv_scale), ("--range-scale", self.range_scale),
-                             ("--clamp-grad", self.clamp_grad)):
+                             ("--clamp-grad", self.clamp_grad), ("--backward-lr", self.backward_lr)):
             if not (math.isfinite(value) and value >= 0):
                 raise InvalidInputError(f"{label} must be a non-negative number, got {value}")
+        if self.guidance_schedule not in GUIDANCE_SCHEDULES:
+            raise InvalidInputError(f"unknown --guidance-schedule {self.guidance_schedule!r}; choose one of "
+                                    f"{', '.join(GUIDANCE_SCHEDULES)}")
+        check_count("--recurrence", self.recurrence, 1, MAX_RECURRENCE)
+        check_count("--backward-steps", self.backward_steps, 0, MAX_BACKWARD_STEPS)
         if not 0 <= self.guide_from < self.guide_until <= 1:
             raise InvalidInputError(f"guide only a part of the steps with 0 <= --guide-from < --guide-until <= 1, "
                                     f"got {self.guide_from} and {self.guide_until}")
@@ -110,6 +137,15 @@ class GuidanceSettings:
         first = math.ceil(self.guide_from * count)
         return {index for index in range(first, count)
                 if index < self.guide_until * count and (index - first) % self.guide_every == 0}
+
+    def repeats(self, index: int, count: int) -> int:
+        """How many times guided step `index` of `count` is done: `recurrence` inside its range, else once."""
+        low, high = self.recurrence_range
+        return self.recurrence if low * count <= index < high * count else 1
+
+    def weight(self, index: int, count: int) -> float:
+        """The guidance schedule's weight at step `index` of `count`."""
+        return guidance_weight(self.guidance_schedule, index / max(count - 1, 1))
 
 
 @dataclass
@@ -124,6 +160,7 @@ class Run:
     precision: str
     init: torch.Tensor | None  # the init images in [0, 1]
     mask: torch.Tensor | None  # (1, 1, H, W), 1 = change
+    batch: int = 1  # images sampled together
     x_init: torch.Tensor | None = None  # the init images as samples
 
 
@@ -229,12 +266,17 @@ class CLIPGuidedDiffusionPipeline:
                  scheduler: str = "ddim", eta: float = 0.0, skip_steps: int | None = None,
                  edit_strength: float | None = None, clip_scale: float | None = None, tv_scale: float = 150.0,
                  range_scale: float = 50.0, clamp_grad: float = 0.05, guide_from: float = 0.0, guide_until: float = 1.0,
-                 guide_every: int = 1, cfg_scale: float | None = None, cutn: int = 32, cut_pow: float = 0.5,
+                 guide_every: int = 1, guidance_schedule: str = "constant", recurrence: int = 1,
+                 recurrence_range: str | tuple[float, float] = "0:1", backward_steps: int | None = None,
+                 backward_lr: float = DEFAULT_BACKWARD_LR, cfg_scale: float | None = None, cutn: int = 32, cut_pow: float = 0.5,
                  augment: str = "default", init_image: InitImages | None = None, init_weight: float | None = None,
                  mask: str | Path | torch.Tensor | None = None, source_text: str | None = None,
                  inversion_steps: int | None = None, inversion_refine: int = 0, precision: str = "fp32",
-                 save_every: int = 50, callback: StepCallback | None = None, progress: bool = True) -> PipelineOutput:
-        """Generate (or edit) images; returns them with the history. Ctrl-C ends early and keeps the last estimate."""
+                 num_images: int = 1, save_every: int = 50, callback: StepCallback | None = None,
+                 progress: bool = True) -> PipelineOutput:
+        """Generate (or edit) images; returns them with the history. Ctrl-C ends early and keeps the last estimate.
+
+        `num_images` images are sampled together as one batch from the seed's noise (generation only)."""
         # 1. Check inputs: settle the plan and the guidance before any work, then seed the run.
         check_precision(precision, self.device)
         prompt, source_text, edit_strength = self._finetuned_edit(prompt, init_image, mask, source_text, skip_steps,
@@ -243,19 +285,28 @@ class CLIPGuidedDiffusionPipeline:
                          edit_strength=edit_strength, clip_scale=clip_scale, init_image=init_image,
                          init_weight=init_weight, mask=mask, source_text=source_text, inversion_steps=inversion_steps,
                          inversion_refine=inversion_refine, cfg_scale=cfg_scale)
-        guidance = GuidanceSettings(tv_scale, range_scale, clamp_grad, guide_from, guide_until, guide_every)
+        if backward_steps is None:
+            backward_steps = 0 if plan.mode in ("generate", "init") else DEFAULT_EDIT_BACKWARD_STEPS
+        guidance = GuidanceSettings(tv_scale, range_scale, clamp_grad, guide_from, guide_until, guide_every,
+                                    guidance_schedule, recurrence, parse_range(recurrence_range), backward_steps,
+                                    backward_lr)
         guidance.check()
         check_cutouts(cutn, cut_pow)
         check_count("--save-every", save_every, 0, MAX_STEPS)
+        check_count("--num-images", num_images, 1, MAX_IMAGES)
+        if num_images > 1 and init_image is not None:
+            raise InvalidInputError("--num-images samples several images from noise; an edit makes one per "
+                                    "--init-image")
         cutouts = MakeCutouts(max((m.image_size for m, _ in self.clip_models), default=224), cutn=cutn, cut_pow=cut_pow,
                               augment=augment)
         seed, size, init, mask_tensor = self.prepare_run(seed, size, init_image, mask)
-        self._check_memory(size, cutn if plan.clip_scale else 0, 1 if init is None else init.shape[0])
+        batch = num_images if init is None else init.shape[0]
+        self._check_memory(size, cutn if plan.clip_scale else 0, batch)
         generator = torch.Generator(device=self.device).manual_seed(seed)
 
         # 2. Prepare latents: the timesteps, and the start sample (noise, the noised init image or its inversion).
         sampler, timesteps = self.schedule(plan)
-        run = Run(plan, size, sampler, timesteps, generator, precision, init, mask_tensor)
+        run = Run(plan, size, sampler, timesteps, generator, precision, init, mask_tensor, batch)
         started = time.perf_counter()
         with explain_out_of_memory(*self._memory_hint(size, cutn)):
             with torch.no_grad(), autocast(self.device, precision):
@@ -272,8 +323,9 @@ class CLIPGuidedDiffusionPipeline:
         recipe.update(steps_done=denoised.steps_done, interrupted=denoised.interrupted,
                       seconds=round(time.perf_counter() - started, 2))
         images = [tensor_to_pil(final[i:i + 1]) for i in range(final.shape[0])]
+        own = [{"num_images": num_images, "index": k, "seed": seed} for k in range(1, num_images + 1)]
         return PipelineOutput(images, denoised.history, denoised.frames + [frame_of(final)], recipe,
-                              denoised.interrupted)
+                              denoised.interrupted, own if num_images > 1 else [])
 
     # --- 1. checking the inputs -------------------------------------------------------------------------------
 
@@ -396,8 +448,7 @@ class CLIPGuidedDiffusionPipeline:
         positive = ", ".join(p.text for p in plan.prompts if p.weight > 0)
         negative = ", ".join(p.text for p in plan.prompts if p.weight < 0)
         condition = self.model.condition(positive, negative, plan.cfg_scale)
-        batch = 1 if run.init is None else run.init.shape[0]
-        noise = torch.randn((batch, *self.model.sample_shape(*run.size)), generator=run.generator, device=self.device)
+        noise = torch.randn((run.batch, *self.model.sample_shape(*run.size)), generator=run.generator, device=self.device)
         if run.x_init is None:
             return noise, condition
         return self.model.add_noise(run.x_init, noise, run.timesteps[0]), condition
@@ -435,8 +486,10 @@ class CLIPGuidedDiffusionPipeline:
     def _denoise(self, run: Run, x: torch.Tensor, condition: Any, loss_fn: GuidanceLoss | None,
                  guidance: GuidanceSettings, save_every: int, callback: StepCallback | None,
                  progress: bool) -> Denoised:
-        """Run the scheduler over the run's timesteps, guiding the chosen steps; the callback or Ctrl-C stop it."""
-        guided = guidance.guided_steps(len(run.timesteps)) if loss_fn else set()
+        """Run the scheduler over the run's timesteps, guiding the chosen steps (each redone `recurrence` times in
+        its range, re-noised in between); the callback or Ctrl-C stop it."""
+        count = len(run.timesteps)
+        guided = guidance.guided_steps(count) if loss_fn else set()
         latent_mask = F.adaptive_max_pool2d(run.mask, x.shape[-2:]) if run.mask is not None else None
         estimate = run.x_init if run.x_init is not None else x
         records: list[Record] = []
@@ -445,13 +498,18 @@ class CLIPGuidedDiffusionPipeline:
         bar = tqdm(run.timesteps, desc="diffusion", disable=not progress, dynamic_ncols=True)
         try:
             for index, t in enumerate(bar):
-                eps, record = self._predict_eps(run, x, t, condition, loss_fn if index in guided else None,
-                                                guidance.clamp_grad)
+                step_loss = loss_fn if index in guided else None
+                repeats = guidance.repeats(index, count) if step_loss else 1
+                for repeat in range(repeats):
+                    if repeat:  # time travel: back from the step's result to its timestep, with fresh noise
+                        x = renoise(x, self._alpha_after(run, index), self.model.alpha_bar(t), run.generator)
+                    eps, record = self._predict_eps(run, x, t, condition, step_loss, guidance,
+                                                    guidance.weight(index, count))
+                    x, estimate = scheduler_step(run.sampler, eps, t, x, run.plan.eta, run.generator)
+                    if latent_mask is not None:
+                        x = self._keep_unmasked(run, x, latent_mask, index)
                 if record is not None:
                     records.append((index + 1, t, *record))
-                x, estimate = scheduler_step(run.sampler, eps, t, x, run.plan.eta, run.generator)
-                if latent_mask is not None:
-                    x = self._keep_unmasked(run, x, latent_mask, index)
                 steps_done = step = index + 1
                 if save_every and (step % save_every == 0 or step == len(run.timesteps)):
                     preview = self._decode(run, estimate)
@@ -466,15 +524,23 @@ class CLIPGuidedDiffusionPipeline:
         return Denoised(final, _history(records), steps_done, frames, interrupted)
 
     def _predict_eps(self, run: Run, x: torch.Tensor, t: int, condition: Any, loss_fn: GuidanceLoss | None,
-                     clamp_grad: float) -> tuple[torch.Tensor, tuple[Any, ...] | None]:
-        """The noise prediction at one step, guided down `loss_fn` when given: (eps, (loss, whether the gradient
-        was finite, the CLIP loss's parts) or None)."""
+                     guidance: GuidanceSettings, weight: float) -> tuple[torch.Tensor, tuple[Any, ...] | None]:
+        """The noise prediction at one step, guided down `loss_fn` when given (then backward-guided when asked):
+        (eps, (loss, whether the gradient was finite, the CLIP loss's parts) or None)."""
         with autocast(self.device, run.precision):
-            if loss_fn is not None:
-                eps, loss, finite = guided_eps(self.model, x, t, condition, loss_fn, clamp_grad)
-                return eps, (loss, finite, loss_fn.last_losses)
-            with torch.no_grad():
-                return self.model.predict_eps(x, t, condition), None
+            if loss_fn is None:
+                with torch.no_grad():
+                    return self.model.predict_eps(x, t, condition), None
+            eps, loss, finite = guided_eps(self.model, x, t, condition, loss_fn, guidance.clamp_grad, weight)
+            if guidance.backward_steps:
+                eps, _ = backward_eps(self.model, x, t, eps, loss_fn, guidance.backward_steps, guidance.backward_lr,
+                                      weight)
+            return eps, (loss, finite, loss_fn.last_losses)
+
+    def _alpha_after(self, run: Run, index: int) -> float:
+        """The noise level the sample is at after step `index`: the next timestep's, or DDIM's final one."""
+        following = previous_timestep(run.timesteps, index)
+        return final_alpha(run.sampler) if following is None else self.model.alpha_bar(following)
 
     def _keep_unmasked(self, run: Run, x: torch.Tensor, latent_mask: torch.Tensor, index: int) -> torch.Tensor:
         """Blended Diffusion: outside the mask, replace the sample by the init noised to the next timestep."""
@@ -499,6 +565,7 @@ class CLIPGuidedDiffusionPipeline:
             "pipeline": "clip_guided_diffusion", "prompt": prompt, "model": self.model.name, "size": f"{width}x{height}",
             "steps": plan.steps, "skip_steps": plan.skip, "scheduler": plan.scheduler, "eta": plan.eta, "seed": seed,
             "clip_scale": plan.clip_scale, **asdict(guidance),
+            "recurrence_range": ":".join(f"{v:g}" for v in guidance.recurrence_range),
             "cfg_scale": plan.cfg_scale if self.model.text_conditioned and not directional else None,
             "cutn": cutouts.cutn, "cut_pow": cutouts.cut_pow, "augment": cutouts.augment,
             "clip_models": self.clip_names if plan.clip_scale else None,
@@ -527,11 +594,6 @@ def image_names(init_image: Any) -> list[str] | None:
     return [str(p) for p in ([init_image] if isinstance(init_image, (str, Path)) else init_image)]
 
 
-def output_paths(output: Path, count: int) -> list[Path]:
-    """One PNG per edited image: the output itself for one, `NAME-1.png`, `NAME-2.png`, ... for several."""
-    if count == 1:
-        return [output]
-    return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(1, count + 1)]
 
 
 def _finetune_from_arguments(pipe: CLIPGuidedDiffusionPipeline, args: argparse.Namespace,
@@ -565,7 +627,7 @@ def main(argv: list[str]) -> int:
         raise InvalidInputError("--save-model saves a fine-tuned model; add --finetune-steps N")
     if args.finetune_steps and args.skip_steps is not None:
         raise InvalidInputError("fine-tuning sets its start step with --edit-strength, not --skip-steps")
-    paths = output_paths(output, len(args.init_image or [None]))
+    paths = output_paths(output, len(args.init_image) if args.init_image else args.num_images)
     check_cli_outputs(paths, args.video)
     if args.save_model:
         check_folder(args.save_model, "--save-model folder")
@@ -585,10 +647,12 @@ def main(argv: list[str]) -> int:
                   skip_steps=args.skip_steps, edit_strength=args.edit_strength, clip_scale=args.clip_scale,
                   tv_scale=args.tv_scale, range_scale=args.range_scale, clamp_grad=args.clamp_grad,
                   guide_from=args.guide_from, guide_until=args.guide_until, guide_every=args.guide_every,
-                  cfg_scale=args.cfg_scale, cutn=args.cutn, cut_pow=args.cut_pow, augment=args.augment,
+                  guidance_schedule=args.guidance_schedule, recurrence=args.recurrence,
+                  recurrence_range=args.recurrence_range, backward_steps=args.backward_steps,
+                  backward_lr=args.backward_lr, cfg_scale=args.cfg_scale, cutn=args.cutn, cut_pow=args.cut_pow, augment=args.augment,
                   init_image=args.init_image, init_weight=args.init_weight, mask=args.mask,
                   source_text=args.source_text, inversion_steps=args.inversion_steps,
-                  inversion_refine=args.inversion_refine, precision=args.precision,
+                  inversion_refine=args.inversion_refine, precision=args.precision, num_images=args.num_images,
                   save_every=args.save_every, callback=save_progress)
     own = [{"init_image": path} for path in args.init_image] if args.init_image else ()
     return finish_cli(result, paths, command, args.video, own)
@@ -598,7 +662,8 @@ def main(argv: list[str]) -> int:
 
 # Options of the per-step sampler that noise optimisation does not use.
 SAMPLER_ONLY = ("scheduler", "eta", "skip_steps", "edit_strength", "clip_scale", "tv_scale", "range_scale",
-                "clamp_grad", "guide_from", "guide_until", "guide_every", "inversion_steps", "inversion_refine",
+                "clamp_grad", "guide_from", "guide_until", "guide_every", "guidance_schedule", "recurrence",
+                "recurrence_range", "backward_steps", "backward_lr", "inversion_steps", "inversion_refine", "num_images",
                 "finetune_steps", "save_model")
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from guidance.clip_models import check_images
 from guidance.errors import InvalidInputError, ToolkitError
-from guidance.images import attach_recipe, load_image, save_png
+from guidance.images import attach_recipe, load_image, png_output_path, save_png
 from guidance.outputs import atomic_path, check_output, partial_path
 from guidance.prompts import parse_prompt
 from guidance.validation import MAX_CUTN, check_count, check_number
@@ -34,8 +34,9 @@ StepCallback = Callable[[int, torch.Tensor], bool | None]
 class PipelineOutput:
     """The result of a run: final images, the loss history, progress frames and the recipe.
 
-    Each image carries the recipe: `result.images[0].save("x.png")` writes it into the PNG, as `result.save`
-    does (atomically).
+    Each image carries the recipe, plus its own entries from `image_recipes` (one dict per image, e.g. its index
+    and seed in a batch): `result.images[0].save("x.png")` writes it into the PNG, as `result.save` does
+    (atomically).
     """
 
     images: list[Image.Image]
@@ -43,15 +44,20 @@ class PipelineOutput:
     frames: list[np.ndarray] = field(default_factory=list)
     recipe: dict[str, Any] = field(default_factory=dict)
     interrupted: bool = False
+    image_recipes: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        """Attach the recipe to every image."""
-        for image in self.images:
-            attach_recipe(image, self.recipe)
+        """Attach each image's recipe to it."""
+        for index, image in enumerate(self.images):
+            attach_recipe(image, self.recipe_of(index))
+
+    def recipe_of(self, index: int) -> dict[str, Any]:
+        """The recipe of image `index`: the run's, updated with the image's own entries."""
+        return {**self.recipe, **(self.image_recipes[index] if self.image_recipes else {})}
 
     def save(self, path: str | Path, index: int = 0) -> Path:
-        """Save image `index` as a PNG carrying the recipe; returns its path."""
-        return save_png(self.images[index], path, self.recipe)
+        """Save image `index` as a PNG carrying its recipe; returns its path."""
+        return save_png(self.images[index], path, self.recipe_of(index))
 
 
 def edit_mode(init_image: Any, mask: Any, source_text: str | None) -> str:
@@ -195,8 +201,18 @@ def write_video(frames: Sequence[np.ndarray], path: str | Path, fps: int = 10) -
     return path
 
 
+def output_paths(output: str | Path, count: int) -> list[Path]:
+    """The PNGs of a run of `count` images: `-o NAME.png` itself for one; `NAME-1.png` ... `NAME-{count}.png` for
+    several (image k of a batch, or the k-th edited image, is `NAME-k.png`); one-line error unless it ends in .png."""
+    output = png_output_path(output)
+    if count == 1:
+        return [output]
+    return [output.with_name(f"{output.stem}-{k}{output.suffix}") for k in range(1, count + 1)]
+
+
 def check_cli_outputs(paths: Sequence[Path], video: str | None) -> None:
-    """Check every file a CLI run will write, before any model loads (see guidance.outputs.check_output)."""
+    """Check every file a CLI run will write (the `output_paths` of its output), before any model loads (see
+    guidance.outputs.check_output)."""
     for path in paths:
         check_output(path, (".png",), "output")
     if video:
@@ -204,20 +220,21 @@ def check_cli_outputs(paths: Sequence[Path], video: str | None) -> None:
 
 
 def save_partial(images: torch.Tensor, paths: Sequence[Path], command: str, step: int) -> None:
-    """Save a run's current images beside its outputs (`NAME.partial.png`), marked partial; outputs stay untouched."""
+    """Save a run's current images beside its outputs (`output_paths`; `NAME.partial.png`, `NAME-k.partial.png`),
+    marked partial; outputs stay untouched."""
     for index, path in enumerate(paths):
         save_png(images[index:index + 1], partial_path(path), {"command": command, "step": step, "partial": True})
 
 
 def finish_cli(result: PipelineOutput, paths: Sequence[Path], command: str, video: str | None,
                own: Sequence[dict[str, Any]] = ()) -> int:
-    """The end of every pipeline CLI: save each image with its recipe (plus its `own` entries) over its output,
-    atomically, remove its partial file, write the video and a status line; returns the exit code (130 when
-    interrupted)."""
+    """The end of every pipeline CLI: save each image with its recipe (`result.recipe_of`, plus its `own` entries)
+    over its output (`output_paths`), atomically, remove its partial file, write the video and a status line;
+    returns the exit code (130 when interrupted)."""
     replaced = [path for path in paths if path.exists()]
     try:
         for index, (image, path) in enumerate(zip(result.images, paths)):
-            save_png(image, path, {**result.recipe, **(own[index] if own else {}), "command": command})
+            save_png(image, path, {**result.recipe_of(index), **(own[index] if own else {}), "command": command})
             partial_path(path).unlink(missing_ok=True)
         if video:
             write_video(result.frames, video)

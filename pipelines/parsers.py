@@ -29,6 +29,12 @@ DEFAULT_CFG_SCALE = 7.5
 MAX_INVERSION_REFINE = 100  # fixed-point refinements per inversion step (each one more UNet pass)
 METHODS = ("sampler", "noise")
 NOISE_ITERATIONS = 50  # ReNO's
+# Backward-guidance steps of masked and --source-text edits when not given (0 when generating): without them the
+# shapes benchmark's edits kept the source colour (0% target colour; the inversion edit's raw guidance gradient, RMS
+# 3-180, is clamped to 0.05 and the sample barely moves); with 5 steps at lr 0.1 they change the edited region.
+DEFAULT_EDIT_BACKWARD_STEPS = 5
+DEFAULT_BACKWARD_LR = 0.1
+GUIDANCE_SCHEDULE_NAMES = ("constant", "cosine", "linear")  # generators.diffusion.GUIDANCE_SCHEDULES
 
 
 # --- latent optimisation: pipelines.latent_optimization, pipelines.vqgan_clip, pipelines.pixels_clip -------------
@@ -128,9 +134,26 @@ def clip_guided_diffusion_parser() -> CLIParser:
                         help="guide until this fraction of the steps")
     parser.add_argument("--guide-every", type=int, default=defaults["guide_every"],
                         help="guide every K-th step (faster)")
+    parser.add_argument("--guidance-schedule", choices=GUIDANCE_SCHEDULE_NAMES,
+                        default=defaults["guidance_schedule"],
+                        help="the CLIP guidance's weight over the steps: constant, or fading from full at the first "
+                             "step to 0 at the last (linear, cosine)")
+    parser.add_argument("--recurrence", type=int, default=defaults["recurrence"],
+                        help="self-recurrence (Universal Guidance / FreeDoM time travel): do each guided step K times "
+                             "in --recurrence-range, re-noising its result back to its timestep in between (1: off)")
+    parser.add_argument("--recurrence-range", default=defaults["recurrence_range"],
+                        help="A:B, the part of the steps (fractions, 0 <= A < B <= 1) that --recurrence applies to")
+    parser.add_argument("--backward-steps", type=int, default=defaults.get("backward_steps"),
+                        help="backward guidance (Universal Guidance): at each guided step, optimise the clean estimate "
+                             "for M Adam steps and re-derive the noise from it (0: off; default "
+                             f"{DEFAULT_EDIT_BACKWARD_STEPS} for --mask and --source-text edits, else 0)")
+    parser.add_argument("--backward-lr", type=float, default=DEFAULT_BACKWARD_LR,
+                        help="backward guidance's Adam learning rate (in [-1, 1] pixel units for pixel models)")
     parser.add_argument("--cfg-scale", type=float, default=defaults["cfg_scale"],
                         help=f"classifier-free guidance of text-conditioned models (default {DEFAULT_CFG_SCALE:g})")
     add_guidance_arguments(parser, defaults, "guided step")
+    parser.add_argument("--num-images", type=int, default=defaults["num_images"],
+                        help="sample N images together as one batch (NAME-1.png ... NAME-N.png; not with --init-image)")
     parser.add_argument("--init-image", action="append", default=defaults["init_image"],
                         help="start from this image and edit it; repeat to edit several (NAME-1.png, NAME-2.png, ...)")
     parser.add_argument("--init-weight", type=float, default=defaults["init_weight"],

@@ -3,10 +3,14 @@
 From x_t the model predicts x0; the loss sees `x_in = x0 * s + x_t * (1 - s)` with `s = sqrt(1 - alpha_bar_t)`,
 decoded to an image; its gradient with respect to x_t shifts the predicted noise:
 `eps' = eps - s * (-grad)`, which moves DDIM's and DDPM's next sample down the loss.
+
+Backward guidance (Universal Guidance, Bansal et al. 2023) instead optimises the clean estimate x0 itself for a
+few steps and re-derives the noise from it; a guidance schedule weighs either by how far the run has got.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -14,6 +18,12 @@ import torch
 from generators.diffusion.models import DiffusionModel, TextCondition
 
 ImageLoss = Callable[[torch.Tensor], torch.Tensor]  # [0, 1] BCHW images -> scalar
+# The guidance weight at a run's progress p (0 at its first step, 1 at its last).
+GUIDANCE_SCHEDULES: dict[str, Callable[[float], float]] = {
+    "constant": lambda p: 1.0,
+    "linear": lambda p: 1.0 - p,  # strongest while the layout forms, fading towards the details
+    "cosine": lambda p: 0.5 * (1.0 + math.cos(math.pi * p)),
+}
 
 
 def clamp_rms(grad: torch.Tensor, max_rms: float) -> torch.Tensor:
@@ -22,9 +32,15 @@ def clamp_rms(grad: torch.Tensor, max_rms: float) -> torch.Tensor:
     return grad * (max_rms / rms).clamp(max=1.0)
 
 
+def guidance_weight(schedule: str, progress: float) -> float:
+    """The guidance scale's multiplier under `schedule` at `progress` through the run (0 first step, 1 last)."""
+    return GUIDANCE_SCHEDULES[schedule](progress)
+
+
 def guided_eps(model: DiffusionModel, x: torch.Tensor, t: int, condition: TextCondition | None, loss_fn: ImageLoss,
-               clamp_grad: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(guided noise prediction, loss, whether the gradient was finite) for samples x at timestep t.
+               clamp_grad: float = 0.0, weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(guided noise prediction, loss, whether the gradient was finite) for samples x at timestep t; `weight`
+    scales the (clamped) gradient, for guidance schedules.
 
     A gradient with a NaN or infinity anywhere is dropped (the step goes unguided) rather than propagated;
     the check stays on the device, so it costs no host synchronisation.
@@ -40,4 +56,28 @@ def guided_eps(model: DiffusionModel, x: torch.Tensor, t: int, condition: TextCo
     grad = torch.where(finite, grad, torch.zeros_like(grad))
     if clamp_grad > 0:
         grad = clamp_rms(grad, clamp_grad)
-    return eps.detach() + sigma * grad, loss.detach(), finite
+    return eps.detach() + (weight * sigma) * grad, loss.detach(), finite
+
+
+def backward_eps(model: DiffusionModel, x: torch.Tensor, t: int, eps: torch.Tensor, loss_fn: ImageLoss, steps: int,
+                 lr: float, weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward guidance (Universal Guidance): (noise re-derived from the optimised clean estimate, last loss).
+
+    The model's clean estimate x0 of samples x at t (from their noise prediction `eps`) is moved by a delta that
+    Adam at `lr` optimises for `steps` steps down `loss_fn`; `weight` scales the delta (guidance schedules). The
+    noise that gives the moved x0 at x is `eps - sqrt(alpha_bar / (1 - alpha_bar)) * delta`. A step whose loss or
+    gradient is not finite leaves the delta as it was.
+    """
+    alpha = model.alpha_bar(t)
+    x0 = model.predict_x0(x, t, eps).detach()
+    delta = torch.zeros_like(x0, requires_grad=True)
+    optimizer = torch.optim.Adam([delta], lr=lr)
+    loss = torch.zeros((), device=x.device)
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model.to_image(x0 + delta))
+            grad = torch.autograd.grad(loss, delta)[0]
+            delta.grad = torch.where(torch.isfinite(grad).all(), grad, torch.zeros_like(grad))
+            optimizer.step()
+    return eps - (weight * (alpha / (1 - alpha)) ** 0.5) * delta.detach(), loss.detach()

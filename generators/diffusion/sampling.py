@@ -57,6 +57,14 @@ def ddim_move(x: torch.Tensor, eps: torch.Tensor, alpha_from: float, alpha_to: f
     return alpha_to**0.5 * x0 + (1 - alpha_to) ** 0.5 * eps
 
 
+def renoise(x: torch.Tensor, alpha_from: float, alpha_to: float, generator: torch.Generator) -> torch.Tensor:
+    """Self-recurrence's step back (FreeDoM's time travel): noise a sample at `alpha_from` to the noisier
+    `alpha_to` with fresh Gaussian noise, as the forward process q(x_to | x_from) does."""
+    ratio = alpha_to / alpha_from
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return ratio**0.5 * x + (1 - ratio) ** 0.5 * noise
+
+
 def spaced_timesteps(start: int, end: int, count: int) -> list[int]:
     """`count` distinct integer timesteps evenly spaced from `start` to `end` (both included), in that order."""
     values = torch.linspace(start, end, max(count, 1)).round().long().tolist()

@@ -201,6 +201,10 @@ def test_latent_model_generates_and_edits_with_the_vae_in_the_loss(files, photo)
     (dict(cfg_scale=7.5), "unconditional"),
     (dict(guide_from=0.5, guide_until=0.5), "--guide-until"),
     (dict(eta=0.5, scheduler="ddpm"), "eta"),
+    (dict(guidance_schedule="step"), "--guidance-schedule"),
+    (dict(recurrence=0), "--recurrence"),
+    (dict(recurrence_range=(0.5, 1.5)), "--recurrence-range"),
+    (dict(backward_steps=-1), "--backward-steps"),
 ])
 def test_bad_settings_raise_one_line_errors(pipe, kwargs, message):
     kwargs = {"prompt": "a red circle", **kwargs}
@@ -290,3 +294,50 @@ def test_cli_unknown_hub_model_offline_exits_2_fast_in_one_line(files, tmp_path,
     assert code == 2 and time.monotonic() - started < 10
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "nobody/no-such-diffusion-model" in lines[0] and "--model path/to/folder" in lines[0]
+
+
+@pytest.mark.parametrize("option", [dict(recurrence=3, recurrence_range="0.25:0.75"), dict(backward_steps=3),
+                                    dict(guidance_schedule="linear"), dict(guidance_schedule="cosine")])
+def test_stronger_guidance_options_change_the_result_and_are_recorded(pipe, option):
+    kwargs = dict(size=32, steps=8, seed=3, clamp_grad=0, **FAST)
+    plain, changed = (pipe("a red circle", **kwargs, **extra) for extra in ({}, option))
+    # the random UNet saturates its images, so the guided path is compared by the losses along it
+    assert [h["loss"] for h in plain.history] != [h["loss"] for h in changed.history]
+    assert len(changed.history) == 8  # one record per guided step, however often it was redone
+    for key, value in option.items():
+        assert changed.recipe[key] == value
+
+
+def test_recurrence_redoes_only_the_steps_in_its_range(pipe, monkeypatch):
+    import pipelines.clip_guided_diffusion as module
+
+    calls = []
+    original = module.guided_eps
+    monkeypatch.setattr(module, "guided_eps", lambda model, x, t, *rest: calls.append(t) or original(model, x, t, *rest))
+    pipe("a red circle", size=32, steps=4, seed=0, recurrence=3, recurrence_range="0.5:1", **FAST)
+    assert [calls.count(t) for t in dict.fromkeys(calls)] == [1, 1, 3, 3]
+
+
+def test_num_images_samples_a_batch_with_a_recipe_each(pipe, files, tmp_path):
+    out = pipe("a red circle", size=32, steps=2, seed=4, num_images=2, **FAST)
+    first, second = (pixels(image) for image in out.images)
+    assert len(out.images) == 2 and not np.array_equal(first, second)
+    assert main(cli_args(files, "a red circle", "--steps", "2", "--num-images", "2", "--seed", "4", "--save-every",
+                         "0", "-o", str(tmp_path / "many.png"))) == 0
+    recipes = [read_recipe(tmp_path / f"many-{k}.png") for k in (1, 2)]
+    assert [(r["index"], r["num_images"], r["seed"]) for r in recipes] == [(1, 2, 4), (2, 2, 4)]
+    assert "--num-images 2" in recipes[0]["command"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--recurrence", "0"], "--recurrence must be between 1 and"),
+    (["--recurrence", "2", "--recurrence-range", "0.8:0.2"], "--recurrence-range must be A:B"),
+    (["--recurrence-range", "half"], "--recurrence-range must be A:B"),
+    (["--num-images", "2", "--init-image", "PHOTO"], "--num-images"),
+])
+def test_cli_refuses_bad_guidance_settings_in_one_line(files, photo, tmp_path, capsys, extra, message):
+    args = cli_args(files, "a cat", *[str(photo) if a == "PHOTO" else a for a in extra], "--steps", "2",
+                    "-o", str(tmp_path / "x.png"))
+    assert run_cli(main, args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err

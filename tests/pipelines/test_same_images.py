@@ -6,7 +6,10 @@ masks stored beside them as inputs). vqgan-generate.png and vqgan-directional.pn
 cutouts moved to roi_align (one crop per box instead of one image copy per cutout): the crop is the same formula
 (equal to kornia's crop_and_resize to 1e-13 in float64) but rounds differently in float32 (about 1e-4), and 12
 and 8 optimisation steps grow that to at most 21/255 and 10/255 on a pixel (mean 1.2 and 0.5); with the old
-crop patched back in, the old PNGs still match bit for bit."""
+crop patched back in, the old PNGs still match bit for bit. diffusion-masked.png and diffusion-invert.png were
+recorded again (one torch thread, as the tests run) when masked and --source-text edits began to use 5 steps of
+backward guidance by default: before, those edits kept the source's colour (0% target colour on the meaning
+benchmark); the red circle now turns blue in diffusion-invert."""
 
 from __future__ import annotations
 
