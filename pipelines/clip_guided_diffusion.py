@@ -693,7 +693,7 @@ class NoiseOptimizationPipeline(LatentOptimizationPipeline):
     def __call__(self, prompt: str = "", **options: Any) -> PipelineOutput:
         """The loop's call with ReNO's optimiser, clipping and keep-best as defaults; `steps` are its iterations."""
         settings = {"steps": NOISE_ITERATIONS, "optimizer": self.optimizer, "grad_clip": self.grad_clip,
-                    "keep_best": True, "size": self.generator.model.native_size, **options}
+                    "best_step": True, "size": self.generator.model.native_size, **options}
         return super().__call__(prompt, **settings)
 
 

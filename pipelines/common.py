@@ -24,7 +24,7 @@ from guidance.images import attach_recipe, load_image, png_output_path, save_png
 from guidance.outputs import atomic_path, check_output, partial_path
 from guidance.prompts import parse_prompt
 from guidance.cutouts import AUGMENT_PRESETS
-from guidance.runtime import PRECISIONS
+from guidance.runtime import PRECISION_CHOICES
 from guidance.validation import MAX_CUTN, check_count, check_number
 
 MAX_SIDE = 4096
@@ -259,8 +259,9 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None,
                         help="random seed, 0 to 2**63 - 1 (default: a fresh one, stored in the PNG)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: best available)")
-    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32",
-                        help="autocast precision for the models (bf16/fp16 save memory and time on GPUs)")
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                        help="autocast precision for the models (bf16/fp16 save memory and time on GPUs); auto: bf16 "
+                             "on CUDA GPUs that support it, fp32 elsewhere (default: auto)")
     parser.add_argument("--save-every", type=int, default=50,
                         help="every N steps, save the current image to NAME.partial.png (removed at the end) and a "
                              "video frame; 0: only at the end")
