@@ -97,3 +97,9 @@ def test_grad_clip_clips_each_image_alone():
     grad = torch.stack([torch.full((2, 3), 10.0), torch.full((2, 3), 0.01)])
     clip_per_image_(grad, 1.0)
     assert torch.allclose(grad[0].norm(), torch.tensor(1.0), atol=1e-5) and torch.allclose(grad[1], torch.full((2, 3), 0.01))
+
+
+@pytest.mark.slow
+def test_compile_runs_on_the_tiny_models(tmp_path):
+    assert vqgan_main(["a red circle", *SHAPES, "--compile", "-o", str(tmp_path / "c.png")]) == 0
+    assert read_recipe(tmp_path / "c.png")["compile"] is True
