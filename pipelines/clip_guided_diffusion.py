@@ -231,7 +231,7 @@ class CLIPGuidedDiffusionPipeline:
                  guide_every: int = 1, cfg_scale: float | None = None, cutn: int = 32, cut_pow: float = 0.5,
                  augment: str = "default", init_image: InitImages | None = None, init_weight: float | None = None,
                  mask: str | Path | torch.Tensor | None = None, source_text: str | None = None,
-                 inversion_steps: int | None = None, inversion_refine: int = 0, precision: str = "fp32",
+                 inversion_steps: int | None = None, inversion_refine: int = 0, precision: str = "auto",
                  save_every: int = 50, callback: StepCallback | None = None, progress: bool = True) -> PipelineOutput:
         """Generate (or edit) images; returns them with the history. Ctrl-C ends early and keeps the last estimate."""
         # 1. Check inputs: settle the plan and the guidance before any work, then seed the run.
