@@ -5,6 +5,7 @@ needs no download. Each setting runs in a fresh process so the peak memory is it
 pipeline's own, timed step by step through its callback after `warmup` steps.
 
     python bench/vqgan_clip_step.py --sizes 128 256 --cutns 8 32 --steps 3 --json bench/results/cpu.json
+    python bench/vqgan_clip_step.py --shipped --sizes 256 --cutns 32 --num-images 1 4 8   # batches, tiny models
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ import torch
 from runner import peak_memory, reset_peak_memory, run_settings, timing
 
 
-def build_pipeline(device: torch.device, clip_name: str, vqgan_name: str):
-    """The VQGAN-CLIP pipeline on random-weight models of the real sizes."""
+def build_pipeline(device: torch.device, clip_name: str, vqgan_name: str, shipped: bool = False):
+    """The VQGAN-CLIP pipeline on random-weight models of the real sizes, or on the shipped models as they are."""
     from generators.vqgan import KNOWN_VQGANS, VQGAN, parse_config
     from guidance import load_clip
     from pipelines.vqgan_clip import VQGANCLIPPipeline
+
+    if shipped:
+        return VQGANCLIPPipeline.from_pretrained(vqgan_name, [clip_name], device)
 
     torch.manual_seed(0)
     vqgan = VQGAN(parse_config(KNOWN_VQGANS[vqgan_name].config)).to(device)
@@ -32,14 +36,16 @@ def build_pipeline(device: torch.device, clip_name: str, vqgan_name: str):
 def measure(setting: dict) -> dict:
     """Seconds per step (median over the timed steps) and peak memory for one (size, cutn, precision) setting."""
     device = torch.device(setting["device"])
-    pipe = build_pipeline(device, setting["clip"], setting["vqgan"])
+    pipe = build_pipeline(device, setting["clip"], setting["vqgan"], setting["shipped"])
     reset_peak_memory(device)
     stamps: list[float] = []
     pipe("a rocket on a launchpad", size=setting["size"], cutn=setting["cutn"], precision=setting["precision"],
+         num_images=setting["num_images"],
          seed=0, steps=setting["warmup"] + setting["steps"], progress=False, save_every=1,
          callback=lambda step, images: stamps.append(time.perf_counter()))  # the callback syncs with the device
     seconds_per_step = statistics.median(b - a for a, b in zip(stamps[setting["warmup"] - 1:], stamps[setting["warmup"]:]))
-    return {**setting, **timing(seconds_per_step), **peak_memory(device)}
+    return {**setting, **timing(seconds_per_step), "images_per_second": round(setting["num_images"] / seconds_per_step, 3),
+            **peak_memory(device)}
 
 
 def main() -> int:
@@ -53,12 +59,17 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--clip", default="ViT-B-32")
     parser.add_argument("--vqgan", default="vqgan_imagenet_f16_16384")
+    parser.add_argument("--num-images", type=int, nargs="+", default=[1], help="images optimised together")
+    parser.add_argument("--shipped", action="store_true",
+                        help="load --clip and --vqgan as shipped models (e.g. shapes-tiny) instead of random weights")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
     settings = [dict(device=args.device, size=size, cutn=cutn, precision=precision, steps=args.steps,
-                     warmup=args.warmup, clip=args.clip, vqgan=args.vqgan)
-                for precision in args.precisions for size in args.sizes for cutn in args.cutns]
-    run_settings(measure, settings, [("size", "size", 6), ("cutn", "cutn", 5), ("precision", "precision", 9)], args.json)
+                     warmup=args.warmup, clip=args.clip, vqgan=args.vqgan, num_images=num_images, shipped=args.shipped)
+                for precision in args.precisions for size in args.sizes for cutn in args.cutns
+                for num_images in args.num_images]
+    run_settings(measure, settings, [("size", "size", 6), ("cutn", "cutn", 5), ("precision", "precision", 9),
+                                     ("images", "num_images", 6), ("images/s", "images_per_second", 9)], args.json)
     return 0
 
 

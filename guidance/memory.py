@@ -25,11 +25,16 @@ HEADROOM = 0.9
 
 
 def estimate_run_bytes(width: int, height: int, cutn: int, clip_size: int, batch: int = 1,
-                       generator: str = "vqgan") -> int:
+                       generator: str = "vqgan", cutn_batches: int = 1) -> int:
     """Estimated extra peak memory of one guided run's steps, in bytes (models already loaded); `generator` is a
-    key of BYTES_PER_IMAGE_PIXEL (unknown ones count as the costliest)."""
+    key of BYTES_PER_IMAGE_PIXEL (unknown ones count as the costliest).
+
+    `cutn` is the cutouts of one batch: with `cutn_batches` > 1 each batch's backward frees its activations before
+    the next batch, so the cutout term stays that of one batch; only the images' gradient, kept across the batches
+    (3 fp32 values per pixel), is added."""
     per_pixel = BYTES_PER_IMAGE_PIXEL.get(generator, max(BYTES_PER_IMAGE_PIXEL.values()))
-    return batch * (cutn * clip_size**2 * BYTES_PER_CUTOUT_PIXEL + width * height * per_pixel)
+    accumulated = 3 * 4 * width * height if cutn_batches > 1 else 0
+    return batch * (cutn * clip_size**2 * BYTES_PER_CUTOUT_PIXEL + width * height * per_pixel + accumulated)
 
 
 def available_bytes(device: torch.device) -> int:

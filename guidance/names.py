@@ -3,3 +3,4 @@ modules that implement the choices key their tables by them."""
 
 AUGMENT_PRESETS = ("none", "light", "geometric", "default")  # guidance.cutouts.build_augmentations
 PRECISION_NAMES = ("fp32", "bf16", "fp16")  # guidance.runtime.PRECISIONS
+PRECISION_CHOICES = ("auto", *PRECISION_NAMES)  # auto: guidance.runtime.resolve_precision

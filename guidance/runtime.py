@@ -10,7 +10,7 @@ from typing import Iterator
 import torch
 
 from .errors import InvalidInputError, ToolkitError
-from .names import PRECISION_NAMES
+from .names import PRECISION_CHOICES, PRECISION_NAMES  # noqa: F401 (PRECISION_CHOICES: re-exported)
 from .validation import check_seed
 
 PRECISIONS = dict(zip(PRECISION_NAMES, (torch.float32, torch.bfloat16, torch.float16), strict=True))
@@ -37,10 +37,22 @@ def pick_device(name: str | None = None) -> torch.device:
     return device
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision a name means on a device: 'auto' is bf16 on CUDA GPUs that support bf16, fp32 elsewhere (the
+    CPU included); other names are themselves, checked as `check_precision` does."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    check_precision(precision, device)
+    return precision
+
+
 def check_precision(precision: str, device: torch.device) -> torch.dtype:
-    """The autocast dtype for a precision name, refusing fp16 where it does not run."""
+    """The autocast dtype for a precision name ('auto' resolved by `resolve_precision`), refusing fp16 where it does
+    not run."""
+    if precision == "auto":
+        precision = resolve_precision(precision, device)
     if precision not in PRECISIONS:
-        raise InvalidInputError(f"unknown precision {precision!r}; choose fp32, bf16 or fp16")
+        raise InvalidInputError(f"unknown precision {precision!r}; choose auto, fp32, bf16 or fp16")
     if precision == "fp16" and device.type == "cpu":
         raise InvalidInputError("fp16 needs a GPU; on CPU use --precision bf16 or fp32")
     return PRECISIONS[precision]
@@ -75,6 +87,23 @@ def explain_out_of_memory(what: str, suggestion: str) -> Iterator[None]:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         raise ToolkitError(f"out of memory during {what}{amount}; {suggestion}") from None
+
+
+_COMPILE_WORKS: dict[str, str | None] = {}  # device type -> None if torch.compile works there, else why not
+
+
+def check_compile(device: torch.device) -> None:
+    """Refuse `--compile` in one line where torch.compile cannot run (no compiler toolchain, unsupported Python or
+    backend): a tiny function is compiled and run once per process and device type."""
+    if device.type not in _COMPILE_WORKS:
+        try:
+            torch.compile(lambda x: x * 2 + 1)(torch.ones(4, device=device))
+            _COMPILE_WORKS[device.type] = None
+        except Exception as error:  # the backend's failures have many types (compiler missing, unsupported, ...)
+            _COMPILE_WORKS[device.type] = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}"
+    if _COMPILE_WORKS[device.type] is not None:
+        raise InvalidInputError(f"--compile: torch.compile does not work on {device.type} here "
+                                f"({_COMPILE_WORKS[device.type]}); run without --compile")
 
 
 def prepare_device(device: torch.device) -> None:

@@ -73,9 +73,14 @@ class Option:
     flag: str  # the pipeline CLI's option, e.g. '--cut-pow'
     convert: Callable[[str], Any]
     repeatable: bool  # a list option, given once per item (e.g. --image-prompt)
+    switch: bool = False  # a boolean option: a flag without a value (e.g. --best-step)
 
     def value(self, given: Any) -> Any:
         """A JSON or command-line value as the call takes it (a list for a repeatable option); ValueError if not."""
+        if self.switch:
+            if not isinstance(given, bool):
+                raise ValueError(f"{self.name} takes true or false, got {json.dumps(given)}")
+            return given
         if self.repeatable:
             items = given if isinstance(given, list) else [given]
             return [self._scalar(item) for item in items]
@@ -92,6 +97,8 @@ class Option:
 
     def argv(self, value: Any) -> list[str]:
         """The pipeline CLI's arguments giving this value."""
+        if self.switch:
+            return [self.flag] if value else []
         return [part for item in (value if self.repeatable else [value]) for part in (self.flag, str(item))]
 
 
@@ -114,6 +121,8 @@ def pipeline_options(cls: type, spec: PipelineSpec) -> dict[str, Option]:
 def _option(name: str, hint: Any) -> Option:
     """An option from its call keyword and type hint: lists are repeatable strings; else str, float, int."""
     kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, type(int | None)) else (hint,)
+    if bool in kinds:
+        return Option(name, "--" + name.replace("_", "-"), bool, False, switch=True)
     repeatable = any(typing.get_origin(kind) in (SequenceABC, list) for kind in kinds)
     convert = str if repeatable or str in kinds else float if float in kinds else int if int in kinds else str
     flag = "--" + (name[:-1] if repeatable and name.endswith("s") else name).replace("_", "-")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
 from guidance.errors import ToolkitError
-from guidance.names import AUGMENT_PRESETS, PRECISION_NAMES
+from guidance.names import AUGMENT_PRESETS, PRECISION_CHOICES
 from guidance.validation import MAX_CUTN
 
 DEFAULT_CLIP = "ViT-B-32:openai"  # the field's default guiding CLIP
@@ -118,8 +118,9 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None,
                         help="random seed, 0 to 2**63 - 1 (default: a fresh one, stored in the PNG)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: best available)")
-    parser.add_argument("--precision", choices=sorted(PRECISION_NAMES), default="fp32",
-                        help="autocast precision for the models (bf16/fp16 save memory and time on GPUs)")
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                        help="autocast precision for the models (bf16/fp16 save memory and time on GPUs); auto: bf16 "
+                             "on CUDA GPUs that support it, fp32 elsewhere (default: auto)")
     parser.add_argument("--save-every", type=int, default=50,
                         help="every N steps, save the current image to NAME.partial.png (removed at the end) and a "
                              "video frame; 0: only at the end")

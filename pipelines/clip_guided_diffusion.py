@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from pipelines.parsers import (DEFAULT_BACKWARD_LR, DEFAULT_CFG_SCALE, DEFAULT_CLIP_SCALE, DEFAULT_EDIT_BACKWARD_STEPS,
-                               DEFAULT_MODEL, MAX_INVERSION_REFINE, NOISE_ITERATIONS)
+                               DEFAULT_MODEL, MAX_IMAGES, MAX_INVERSION_REFINE, NOISE_ITERATIONS)
 from pipelines.parsers import clip_guided_diffusion_parser as build_parser
 
 if __name__ == "__main__":  # parse first: --help and usage errors answer before the heavy imports below
@@ -59,7 +59,6 @@ if TYPE_CHECKING:
 
 MAX_RECURRENCE = 100  # times a guided step may be done (each one more guided UNet pass)
 MAX_BACKWARD_STEPS = 1000  # backward-guidance optimiser steps per guided step
-MAX_IMAGES = 64  # images sampled together in one batch
 DEFAULT_EDIT_STRENGTH = 0.5  # DiffusionCLIP's t0 of about 500 of 1000 steps; also the default share redone from an init
 
 Size = str | int | tuple[int, int]
@@ -271,7 +270,7 @@ class CLIPGuidedDiffusionPipeline:
                  backward_lr: float = DEFAULT_BACKWARD_LR, cfg_scale: float | None = None, cutn: int = 32, cut_pow: float = 0.5,
                  augment: str = "default", init_image: InitImages | None = None, init_weight: float | None = None,
                  mask: str | Path | torch.Tensor | None = None, source_text: str | None = None,
-                 inversion_steps: int | None = None, inversion_refine: int = 0, precision: str = "fp32",
+                 inversion_steps: int | None = None, inversion_refine: int = 0, precision: str = "auto",
                  num_images: int = 1, save_every: int = 50, callback: StepCallback | None = None,
                  progress: bool = True) -> PipelineOutput:
         """Generate (or edit) images; returns them with the history. Ctrl-C ends early and keeps the last estimate.
@@ -693,7 +692,7 @@ class NoiseOptimizationPipeline(LatentOptimizationPipeline):
     def __call__(self, prompt: str = "", **options: Any) -> PipelineOutput:
         """The loop's call with ReNO's optimiser, clipping and keep-best as defaults; `steps` are its iterations."""
         settings = {"steps": NOISE_ITERATIONS, "optimizer": self.optimizer, "grad_clip": self.grad_clip,
-                    "keep_best": True, "size": self.generator.model.native_size, **options}
+                    "best_step": True, "size": self.generator.model.native_size, **options}
         return super().__call__(prompt, **settings)
 
 

@@ -14,18 +14,19 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
-from pipelines.parsers import OPTIMIZER_NAMES, generator_arguments, latent_parser
+from pipelines.parsers import MAX_CUTN_BATCHES, MAX_IMAGES, OPTIMIZER_NAMES, generator_arguments, latent_parser
 
 if __name__ == "__main__":  # parse first: --help and usage errors answer before the heavy imports below
     latent_parser("pipelines.latent_optimization", "LatentOptimizationPipeline", generator_arguments).parse_args()
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from generators.base import LatentGenerator
@@ -34,19 +35,61 @@ from guidance.clip_loss import CLIPLoss, DirectionalCLIPLoss, ImagePrompt
 from guidance.clip_models import CLIPEncoder, load_clip_ensemble
 from guidance.cutouts import AUGMENT_PRESETS, MakeCutouts
 from guidance.errors import InvalidInputError
-from guidance.images import load_image, png_output_path, tensor_to_pil
+from guidance.images import load_image, tensor_to_pil
 from guidance.memory import check_memory, estimate_run_bytes
+from guidance.outputs import partial_path
 from guidance.prompts import parse_prompt, parse_prompts
-from guidance.runtime import (autocast, check_precision, explain_out_of_memory, pick_device, prepare_device,
-                              resolve_seed)
+from guidance.runtime import (autocast, check_compile, explain_out_of_memory, pick_device, prepare_device,
+                              resolve_precision, resolve_seed)
 from guidance.validation import MAX_STEPS, check_count, check_number, check_some_weight
 from pipelines.common import (DEFAULT_CLIP, PipelineOutput, StepCallback, check_cli_outputs, check_cutouts,
                               clean_recipe, command_line, directional_target, edit_mode, finish_cli, frame_of,
-                              load_edit_inputs, parse_size, round_size, run_cli, save_partial)
+                              load_edit_inputs, output_paths, parse_size, round_size, run_cli, save_partial)
+from pipelines.clip_score import score_image
+from pipelines.zero_shot import load_judge
 
 OPTIMIZERS = dict(zip(OPTIMIZER_NAMES, (torch.optim.Adam, torch.optim.AdamW, torch.optim.RAdam, torch.optim.SGD,
                                          partial(torch.optim.SGD, momentum=0.9, nesterov=True)),  # ReNO's optimiser
                       strict=True))
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The CLIP judges that rank a batch for `keep_best`, and the name its recipes give them."""
+
+    judges: list[CLIPEncoder]
+    label: str
+
+    def scores(self, images: torch.Tensor, prompt: str) -> list[float]:
+        """Each image's CLIP score against the prompt (`pipelines.clip_score.score_image`), averaged over the judges."""
+        return [sum(score_image(judge, images[k:k + 1].to(judge.device), prompt) for judge in self.judges)
+                / len(self.judges) for k in range(images.shape[0])]
+
+
+def backward_over_cutout_batches(loss: Callable[..., torch.Tensor], images: torch.Tensor, batches: int,
+                                 context: Callable[[], Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Disco Diffusion's `cutn_batches`: the per-image CLIP loss of leaf `images` averaged over `batches` batches of
+    cutouts, each batch backpropagated into `images.grad` before the next is cut (memory of one batch). Returns the
+    averaged per-image losses (B,) and the averaged `last_losses` breakdown, detached; `context` wraps each forward
+    (autocast)."""
+    total = images.new_zeros(images.shape[0], dtype=torch.float32)
+    parts: dict[str, torch.Tensor] = {}
+    for _ in range(batches):
+        with context():
+            per_image = loss(images, reduction="none") / batches
+        per_image.sum().backward()
+        total = total + per_image.detach()
+        for key, value in loss.last_losses.items():
+            parts[key] = parts.get(key, 0) + value / batches
+    return total, parts
+
+
+def clip_per_image_(grad: torch.Tensor, max_norm: float) -> None:
+    """Scale each image's gradient (dim 0 indexes images) in place down to a norm of at most `max_norm`, as
+    `torch.nn.utils.clip_grad_norm_` does for the whole tensor."""
+    norms = grad.flatten(1).float().norm(dim=1)
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    grad.mul_(scale.to(grad.dtype).view(-1, *[1] * (grad.ndim - 1)))
 
 
 class LatentOptimizationPipeline:
@@ -97,27 +140,40 @@ class LatentOptimizationPipeline:
                  cut_pow: float = 1.0, augment: str = "default", image_prompts: Sequence[str | ImagePrompt] = (),
                  init_image: str | Path | torch.Tensor | None = None, init_weight: float | None = None,
                  mask: str | Path | torch.Tensor | None = None, source_text: str | None = None,
-                 grad_clip: float | None = None, keep_best: bool = False,
-                 precision: str = "fp32", save_every: int = 50, callback: StepCallback | None = None,
-                 progress: bool = True) -> PipelineOutput:
-        """Generate (or edit) one image; returns it with its history. Ctrl-C ends early and keeps the last image.
+                 num_images: int = 1, keep_best: int | None = None, judge_model: str | None = None,
+                 cutn_batches: int = 1, grad_clip: float | None = None, best_step: bool = False,
+                 precision: str = "auto", compile: bool = False, save_every: int = 50,
+                 callback: StepCallback | None = None, progress: bool = True) -> PipelineOutput:
+        """Generate (or edit) `num_images` images together; returns them with the history. Ctrl-C ends early and
+        keeps the last images.
 
-        `grad_clip` clips the latent's gradient norm; `keep_best` returns the image of the lowest loss, not the last.
-        The generator's `latent_penalty` joins the loss."""
+        The loss is the sum of the images' own losses, so the images do not interact; image k starts from the k-th
+        of the `num_images` latents drawn from `seed`. `keep_best` K ranks them by CLIP score (`judge_model`, default
+        the guiding models) and returns the best K, best first. `cutn_batches` M averages the CLIP loss over M batches
+        of `cutn` cutouts, backpropagated one batch at a time (memory of one batch). `grad_clip` clips each image's
+        latent gradient norm; `best_step` returns each image at its lowest loss, not the last. `precision` 'auto'
+        is bf16 on CUDA GPUs that support it, else fp32; `compile` runs the decode and the loss through
+        torch.compile. The generator's `latent_penalty` joins the loss."""
         # 1. Check the settings, before any work.
-        check_precision(precision, self.device)
+        precision = resolve_precision(precision, self.device)
         lr = self.default_lr if lr is None else lr
         settings = self._check_settings(prompt, steps, lr, optimizer, cutn, cut_pow, augment, init_image, init_weight,
                                         mask, source_text, image_prompts, save_every)
+        check_count("--num-images", num_images, 1, MAX_IMAGES)
+        check_count("--cutn-batches", cutn_batches, 1, MAX_CUTN_BATCHES)
         if grad_clip is not None:
             check_number("--grad-clip", grad_clip, above=0)
+        ranking = self._ranking(prompt, source_text, num_images, keep_best, judge_model)
+        if compile:
+            check_compile(self.device)
         seed = resolve_seed(seed)
         prepare_device(self.device)
         width, height = round_size(parse_size(self.default_size if size is None else size), self.size_factor,
                                    self.model_name)
         clip_size = max(m.image_size for m, _ in self.clip_models)
-        check_memory(estimate_run_bytes(width, height, cutn, clip_size, generator=self.memory_profile), self.device,
-                     f"{self.name} at {width}x{height} with {cutn} cutouts", "--cutn or --size")
+        what = f"{self.name} at {width}x{height} with {cutn} cutouts" + (f", {num_images} images" if num_images > 1 else "")
+        check_memory(estimate_run_bytes(width, height, cutn, clip_size, num_images, self.memory_profile, cutn_batches),
+                     self.device, what, "--cutn (--cutn-batches keeps memory flat), --num-images or --size")
         torch.manual_seed(seed)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         # 2. Prepare the inputs and the loss (targets are embedded once, here).
@@ -131,75 +187,132 @@ class LatentOptimizationPipeline:
                                                              cutouts=cutouts, l1_weight=fidelity)
         else:
             clip_loss = CLIPLoss(self.clip_models, settings["prompts"], settings["image_prompts"], cutouts=cutouts)
-        # 3. Prepare the latent.
+        decode: Any = self.generator
+        if compile:
+            decode, clip_loss = self._compiled_generator(), torch.compile(clip_loss)
+        # 3. Prepare the latents: N random ones, or N copies of the init image's (N variations of one edit).
         with torch.no_grad():
-            z_init = (self.generator.encode(init) if init is not None
-                      else self.generator.random_latent(1, height, width, generator))
+            if init is not None:
+                z_init = self.generator.encode(init)
+                z_init = z_init.expand(num_images, *z_init.shape[1:]).clone()
+            else:
+                z_init = self.generator.random_latent(num_images, height, width, generator)
         z = z_init.clone().requires_grad_(True)
         opt = OPTIMIZERS[optimizer]([z], lr=lr)
         recipe = clean_recipe({
             "pipeline": self.name, "prompt": prompt, "size": f"{width}x{height}", "steps": steps, "seed": seed,
-            "lr": lr, "optimizer": optimizer, "cutn": cutn, "cut_pow": cut_pow, "augment": augment,
+            "num_images": num_images if num_images > 1 else None, "lr": lr, "optimizer": optimizer, "cutn": cutn,
+            "cutn_batches": cutn_batches if cutn_batches > 1 else None, "cut_pow": cut_pow, "augment": augment,
             "clip_models": [f"{m.name}:{w:g}" for m, w in self.clip_models], self.model_key: self.model_name,
             "image_prompts": [p if isinstance(p, str) else p.label for p in image_prompts],
             "init_image": str(init_image) if isinstance(init_image, (str, Path)) else None,
             "init_weight": fidelity if init is not None else None,
             "mask": str(mask) if isinstance(mask, (str, Path)) else None, "source_text": source_text,
-            "grad_clip": grad_clip, "keep_best": keep_best or None, "precision": precision, "device": str(self.device),
+            "grad_clip": grad_clip, "best_step": best_step or None, "keep_best": keep_best,
+            "precision": precision, "compile": compile or None, "device": str(self.device),
         })
 
         def render(latent: torch.Tensor) -> torch.Tensor:
-            images = self.generator.decode(latent).float()
+            images = decode(latent).float()
             return images if mask_tensor is None else images * mask_tensor + init * (1 - mask_tensor)
+
+        def own_losses(latent: torch.Tensor) -> torch.Tensor:
+            """Each image's latent terms: the generator's penalty and the fidelity to the init latent, shape (N,)."""
+            terms = torch.stack([self.generator.latent_penalty(latent[k:k + 1]) for k in range(num_images)]).float()
+            if fidelity and init is not None and not source_text:
+                terms = terms + fidelity * (latent - z_init).float().pow(2).flatten(1).mean(1)
+            return terms
 
         # 4. Optimise.
         losses: list[torch.Tensor] = []
         frames: list[np.ndarray] = []
         breakdowns: list[dict[str, torch.Tensor]] = []
         interrupted = False
-        best_loss, best_z = torch.tensor(float("inf"), device=self.device), z.detach().clone()
+        best_loss = torch.full((num_images,), float("inf"), device=self.device)
+        best_z = z.detach().clone()
         started = time.perf_counter()
-        what = f"{self.name} at {width}x{height} with {cutn} cutouts"
         factor = self.size_factor
         smaller = f"{width * 3 // 4 // factor * factor}x{height * 3 // 4 // factor * factor}"
         bar = tqdm(range(1, steps + 1), desc=self.name.replace("_", "-"), disable=not progress, dynamic_ncols=True)
-        with explain_out_of_memory(what, f"try --size {smaller}, --cutn {max(1, cutn // 2)} or --precision bf16"):
+        with explain_out_of_memory(what, f"try --size {smaller}, --cutn {max(1, cutn // 2)} with --cutn-batches "
+                                         f"{cutn_batches * 2}, fewer --num-images or --precision bf16"):
             try:
                 for step in bar:
                     opt.zero_grad(set_to_none=True)
                     with autocast(self.device, precision):
                         images = render(z)
-                        loss = clip_loss(images)
-                        if fidelity and init is not None and not source_text:
-                            loss = loss + fidelity * F.mse_loss(z, z_init)
-                        loss = loss + self.generator.latent_penalty(z)
-                    loss.backward()
+                    pixels = images.detach().requires_grad_(True)
+                    per_image, parts = backward_over_cutout_batches(clip_loss, pixels, cutn_batches,
+                                                                    partial(autocast, self.device, precision))
+                    extra = own_losses(z)
+                    ((images * pixels.grad).sum() + extra.sum()).backward()  # the cutouts' gradient, then the rest
+                    per_image = per_image + extra.detach()
                     if grad_clip:
-                        torch.nn.utils.clip_grad_norm_([z], grad_clip)
-                    if keep_best:  # on the device: no host sync per step
-                        better = loss.detach() < best_loss
-                        best_loss = torch.where(better, loss.detach(), best_loss)
-                        best_z = torch.where(better, z.detach(), best_z)
+                        clip_per_image_(z.grad, grad_clip)
+                    if best_step:  # on the device: no host sync per step
+                        better = per_image < best_loss
+                        best_loss = torch.where(better, per_image, best_loss)
+                        best_z = torch.where(better.view(-1, *[1] * (z.ndim - 1)), z.detach(), best_z)
                     opt.step()
                     self.generator.project_(z)
-                    losses.append(loss.detach())
-                    breakdowns.append(clip_loss.last_losses)
+                    losses.append(per_image)
+                    breakdowns.append(parts)
                     if save_every and (step % save_every == 0 or step == steps):
                         frames.append(frame_of(images))
-                        bar.set_postfix(loss=f"{loss.item():.4f}")
+                        bar.set_postfix(loss=f"{per_image.mean().item():.4f}")
                         if callback is not None and callback(step, images.detach()):
                             break
             except KeyboardInterrupt:
                 interrupted = True
-            # 5. Decode the result.
+            # 5. Decode the results, rank them if asked.
             with torch.no_grad():
-                final = render(best_z if keep_best and losses else z.detach())
-        history = [{"step": i + 1, "loss": float(v), **{k: float(t) for k, t in parts.items()}}
-                   for i, (v, parts) in enumerate(zip(torch.stack(losses).tolist() if losses else [], breakdowns))]
+                final = render(best_z if best_step and losses else z.detach())
+        per_step = torch.stack(losses).cpu() if losses else torch.zeros(0, num_images)
+        history = [{"step": i + 1, "loss": float(row.mean()), **{k: float(t) for k, t in parts.items()}}
+                   for i, (row, parts) in enumerate(zip(per_step, breakdowns))]
         recipe.update(steps_done=len(history), interrupted=interrupted, seconds=round(time.perf_counter() - started, 2))
-        if keep_best and history:
-            recipe["best_step"] = min(history, key=lambda entry: entry["loss"])["step"]
-        return PipelineOutput([tensor_to_pil(final)], history, frames + [frame_of(final)], recipe, interrupted)
+        own: list[dict[str, Any]] = [{"index": k + 1} if num_images > 1 else {} for k in range(num_images)]
+        if best_step and history:
+            for k, entry in enumerate(own):
+                entry["best_at_step"] = int(per_step[:, k].argmin()) + 1
+        order = list(range(num_images))
+        if ranking is not None:
+            scores = ranking.scores(final, prompt)
+            order = sorted(order, key=lambda k: -scores[k])[:keep_best]
+            for rank, k in enumerate(order, 1):
+                own[k].update(rank=rank, clip_score=round(scores[k], 4), judge=ranking.label)
+        if num_images == 1:  # one image: its entries are the run's
+            recipe.update(own[0])
+        return PipelineOutput([tensor_to_pil(final[k:k + 1]) for k in order], history,
+                              frames + [frame_of(final[order[0]:order[0] + 1])], recipe, interrupted,
+                              [own[k] for k in order] if num_images > 1 else [])
+
+    def _ranking(self, prompt: str, source_text: str | None, num_images: int, keep_best: int | None,
+                 judge_model: str | None) -> "Ranking | None":
+        """The ranking `keep_best` asks for, its judge loaded (checked before any work); None without keep_best."""
+        if keep_best is None:
+            if judge_model is not None:
+                raise InvalidInputError("--judge-model ranks the images of --keep-best; add --keep-best K")
+            return None
+        check_count("--keep-best", keep_best, 1, num_images)
+        if not (prompt and prompt.strip()) or not any(p.weight > 0 for p in parse_prompts(prompt)):
+            raise InvalidInputError("--keep-best ranks by CLIP score against the text prompt; give a text prompt "
+                                    "with a positive part")
+        if judge_model is None:
+            warnings.warn("--keep-best ranks by the guiding CLIP models, which the images were optimised for: the "
+                          "ranking is optimistic; give --judge-model another CLIP for a fairer one", stacklevel=3)
+            return Ranking([model for model, _ in self.clip_models], "guiding models")
+        judge = load_judge(judge_model, str(self.device))
+        if judge.name in {model.name for model, _ in self.clip_models}:
+            warnings.warn(f"--judge-model {judge_model} also guides the images: the ranking is optimistic",
+                          stacklevel=3)
+        return Ranking([judge], judge_model)
+
+    def _compiled_generator(self) -> Any:
+        """The generator's decode through torch.compile, compiled once per pipeline."""
+        if getattr(self, "_compiled_decode", None) is None:
+            self._compiled_decode = torch.compile(self.generator)
+        return self._compiled_decode
 
     def _check_settings(self, prompt: str, steps: int, lr: float, optimizer: str, cutn: int, cut_pow: float,
                         augment: str, init_image: Any, init_weight: float | None, mask: Any, source_text: str | None,
@@ -240,21 +353,28 @@ def build_parser(pipeline: type[LatentOptimizationPipeline], module: str) -> arg
 def run_cli_main(pipeline: type[LatentOptimizationPipeline], module: str, argv: list[str]) -> int:
     """The CLI of a latent-optimisation pipeline; returns the exit code."""
     args = build_parser(pipeline, module).parse_args(argv)
-    output = png_output_path(args.output)
-    check_cli_outputs([output], args.video)
+    check_count("--num-images", args.num_images, 1, MAX_IMAGES)
+    paths = output_paths(args.output, args.keep_best or args.num_images)  # the kept images, best first
+    running = output_paths(args.output, args.num_images)  # the partial saves of all images
+    check_cli_outputs(list(dict.fromkeys([*paths, *running])), args.video)
     seed = resolve_seed(args.seed)
     pipe = pipeline.from_arguments(args, args.clip_model or [DEFAULT_CLIP])
     command = command_line(module, [*argv, *([] if args.seed is not None else ["--seed", str(seed)])])
 
     def save_progress(step: int, images: torch.Tensor) -> None:
-        save_partial(images, [output], command, step)
+        save_partial(images, running, command, step)
 
     result = pipe(args.prompt, size=args.size, steps=args.steps, seed=seed, lr=args.lr, optimizer=args.optimizer,
                   cutn=args.cutn, cut_pow=args.cut_pow, augment=args.augment, image_prompts=args.image_prompt,
                   init_image=args.init_image, init_weight=args.init_weight, mask=args.mask,
-                  source_text=args.source_text, precision=args.precision, save_every=args.save_every,
-                  callback=save_progress)
-    return finish_cli(result, [output], command, args.video)
+                  source_text=args.source_text, num_images=args.num_images, keep_best=args.keep_best,
+                  judge_model=args.judge_model, cutn_batches=args.cutn_batches, grad_clip=args.grad_clip,
+                  best_step=args.best_step, precision=args.precision, compile=args.compile,
+                  save_every=args.save_every, callback=save_progress)
+    code = finish_cli(result, paths, command, args.video)
+    for path in running:  # partial saves of images --keep-best dropped
+        partial_path(path).unlink(missing_ok=True)
+    return code
 
 
 if __name__ == "__main__":

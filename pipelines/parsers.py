@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 ModelArguments = Callable[[argparse.ArgumentParser], None]  # adds a pipeline's options choosing its model
 
 OPTIMIZER_NAMES = ("adam", "adamw", "radam", "sgd", "nesterov")  # pipelines.latent_optimization.OPTIMIZERS
+MAX_IMAGES = 64  # images made together in one run (--num-images)
+MAX_CUTN_BATCHES = 64  # cutout batches per step (--cutn-batches)
 DEFAULT_VQGAN = "vqgan_imagenet_f16_16384"
 # CLIP-guided diffusion (pipelines.clip_guided_diffusion)
 DEFAULT_MODEL = "google/ddpm-celebahq-256"
@@ -63,8 +65,30 @@ def latent_parser(module: str, pipeline: str, add_model_arguments: ModelArgument
                         help="fidelity to the init image (default 0; 1 for --source-text edits)")
     parser.add_argument("--mask", default=None, help="edit only the white region of this mask (same size as the output)")
     parser.add_argument("--source-text", default=None, help="describe the init image; the prompt is the target")
+    add_many_images_arguments(parser)
+    parser.add_argument("--cutn-batches", type=int, default=defaults["cutn_batches"],
+                        help=f"average the CLIP loss over this many batches of --cutn cutouts per step, 1 to "
+                             f"{MAX_CUTN_BATCHES} (Disco Diffusion's; memory stays that of one batch)")
+    parser.add_argument("--grad-clip", type=float, default=None,
+                        help="clip each image's latent gradient to this norm (default: no clipping)")
+    parser.add_argument("--best-step", action="store_true",
+                        help="return each image at its lowest-loss step rather than the last (ReNO's keep-best)")
+    parser.add_argument("--compile", action="store_true",
+                        help="run the generator's decode and the CLIP loss through torch.compile (slow first step)")
     add_runtime_arguments(parser)
     return parser
+
+
+def add_many_images_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a batch of images in one run: how many, and keeping the best by CLIP score."""
+    parser.add_argument("--num-images", type=int, default=1,
+                        help=f"images made together in one run, 1 to {MAX_IMAGES}: NAME-1.png ... NAME-N.png (image k "
+                             "starts from the k-th latent drawn from --seed; the recorded command remakes them all)")
+    parser.add_argument("--keep-best", type=int, default=None, metavar="K",
+                        help="keep the K images of highest CLIP score against the prompt, best first "
+                             "(NAME-1.png is the best; NAME.png if K is 1)")
+    parser.add_argument("--judge-model", default=None, metavar="NAME[:PRETRAINED]",
+                        help="the CLIP model that ranks --keep-best (default: the guiding models, which is optimistic)")
 
 
 def generator_arguments(parser: argparse.ArgumentParser) -> None:
@@ -233,9 +257,13 @@ def batch_parser(spec: PipelineSpec | None, options: dict[str, Option]) -> CLIPa
     if spec is not None:
         parser.add_argument(spec.model_flag, dest="model", required=True, help=f"the {spec.model_label} to load")
         for option in options.values():
-            parser.add_argument(option.flag, dest=option.name, type=option.convert, default=None,
-                                action="append" if option.repeatable else "store",
-                                help=f"the default {option.name} of every job (default: the pipeline's own)")
+            help_text = f"the default {option.name} of every job (default: the pipeline's own)"
+            if option.switch:
+                parser.add_argument(option.flag, dest=option.name, action="store_const", const=True, default=None,
+                                    help=help_text)
+            else:
+                parser.add_argument(option.flag, dest=option.name, type=option.convert, default=None,
+                                    action="append" if option.repeatable else "store", help=help_text)
     return parser
 
 

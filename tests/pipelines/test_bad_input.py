@@ -232,7 +232,7 @@ def test_a_run_that_will_not_fit_in_memory_is_refused_naming_what_to_lower(tiny_
     pipe = PixelsCLIPPipeline(pixels_clip.load_pixels("fft", torch.device("cpu")), [(tiny_clip, 1.0)], "fft")
     monkeypatch.setattr(guidance.memory, "available_bytes", lambda device: 50 * 2**20)
     with pytest.raises(ToolkitError, match=r"would need about .* GiB but only 0\.0 GiB of RAM is available; "
-                                           r"lower --cutn or --size"):
+                                           r"lower --cutn \(--cutn-batches keeps memory flat\), --num-images or --size"):
         pipe("a cat", size=256, cutn=512, steps=1, progress=False)
 
 

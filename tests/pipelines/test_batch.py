@@ -194,6 +194,17 @@ def test_each_image_is_reproduced_by_its_recipe_command(tmp_path):
         assert np.array_equal(pixels(again), pixels(out / name)), name
 
 
+def test_a_job_with_num_images_writes_its_images_listed_in_the_manifest_and_switches_pass_through(tmp_path):
+    jobs = write(tmp_path / "j.jsonl", ['{"prompt": "a red circle", "id": "two", "num_images": 2, "best_step": true}'])
+    out = tmp_path / "out"
+    assert batch(jobs, out) == 0
+    assert manifest(out)[0]["files"] == ["two-1.png", "two-2.png"]
+    recipes = [read_recipe(out / name) for name in ("two-1.png", "two-2.png")]
+    assert [r["index"] for r in recipes] == [1, 2] and all(r["best_step"] is True for r in recipes)
+    argv = shlex.split(recipes[1]["command"])
+    assert "--best-step" in argv and argv[argv.index("--num-images") + 1] == "2"
+
+
 def wait_for_records(out: Path, count: int, process: subprocess.Popen, timeout: float = 240) -> None:
     """Wait until the manifest holds `count` records (or the process ends, or the timeout passes)."""
     deadline = time.monotonic() + timeout

@@ -57,16 +57,16 @@ def test_noise_method_cli_writes_the_best_image_with_its_recipe(tmp_path):
     recipe = read_recipe(out)
     assert recipe["pipeline"] == "clip_guided_diffusion_noise" and recipe["method"] == "noise"
     assert recipe["sampler_steps"] == 2 and recipe["optimizer"] == "nesterov" and recipe["grad_clip"] == 0.1
-    assert recipe["keep_best"] is True and 1 <= recipe["best_step"] <= 4 and recipe["steps_done"] == 4
+    assert recipe["best_step"] is True and 1 <= recipe["best_at_step"] <= 4 and recipe["steps_done"] == 4
     assert Image.open(out).size == (32, 32)
 
 
 @pytest.mark.slow
-def test_keep_best_returns_the_image_of_the_lowest_loss():
+def test_best_step_returns_the_image_of_the_lowest_loss():
     pipe = CLIPGuidedDiffusionPipeline.from_pretrained("shapes-tiny", ["shapes-tiny"], device="cpu")
     noise = NoiseOptimizationPipeline.on(pipe, "a blue square", steps=1)
     result = noise("a blue square", steps=5, cutn=4, seed=0, lr=50.0, progress=False, save_every=1)
     losses = [entry["loss"] for entry in result.history]
-    best = result.recipe["best_step"]
+    best = result.recipe["best_at_step"]
     assert losses[best - 1] == min(losses)
     assert result.frames[-1].tolist() == result.frames[best - 1].tolist()  # the final image is the best step's
