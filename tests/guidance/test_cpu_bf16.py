@@ -44,3 +44,21 @@ def test_bf16_step_has_finite_loss_and_latent_gradient_close_to_fp32(tiny_clip) 
     (loss32, grad32), (loss16, grad16) = results["fp32"], results["bf16"]
     assert abs(loss16 - loss32) < 0.02
     assert F.cosine_similarity(grad16.flatten(), grad32.flatten(), dim=0) > 0.9
+
+
+def test_bf16_decoder_weights_match_plain_autocast_and_follow_weight_changes() -> None:
+    torch.manual_seed(0)
+    vqgan = VQGAN(parse_config(tiny_vqgan_config(attn_resolutions=(32,))))
+    z = vqgan.random_latent(1, 32, 32, torch.Generator().manual_seed(0)).requires_grad_(True)
+    with autocast(torch.device("cpu"), "bf16"):
+        cast_once = vqgan.decode(z).float()
+        assert vqgan.decoder_weights(z.device)["conv_in.weight"].dtype == torch.bfloat16
+        reference = (vqgan.decoder(vqgan.post_quant_conv(z)).float() + 1) / 2  # autocast casting per op
+    torch.testing.assert_close(cast_once, reference.clamp(0, 1), rtol=0, atol=0.02)
+    assert vqgan.decoder_weights(z.device) is None  # no autocast: the fp32 weights
+    cast_once.sum().backward()
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    with torch.no_grad():
+        vqgan.decoder.conv_out.bias.add_(1.0)
+    with autocast(torch.device("cpu"), "bf16"):
+        assert vqgan.decoder_weights(z.device)["conv_out.bias"].float().sub(vqgan.decoder.conv_out.bias).abs().max() < 0.01
