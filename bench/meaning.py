@@ -9,6 +9,7 @@ contact sheet (one row per method: the first seed of every prompt).
     python bench/meaning.py                       # the full grid: 8 colours x 4 shapes x 3 seeds, every method
     python bench/meaning.py --quick               # 3 prompts, 1 seed: a smoke test
     python bench/meaning.py --methods diffusion_sampler vqgan_clip --seeds 1
+    python bench/meaning.py --methods vqgan_clip --quick --precision bf16   # the same judged in bf16 autocast
 
 Settings: the CLI defaults, except the sizes and steps the README's offline demo uses for the shapes models
 (VQGAN and pixels at 64 px, 100 steps, 16 cutouts; the DDPM at its native 32 px, 50 steps, 16 cutouts). They are
@@ -130,13 +131,15 @@ def edit_inputs(method: Method, colour: str, shape: str) -> tuple[np.ndarray, di
 
 
 def run_one(method: Method, pipe: Any, colour: str, shape: str, seed: int,
-            folder: Path) -> tuple[Image.Image, dict[str, Any]]:
+            folder: Path, precision: str = "fp32") -> tuple[Image.Image, dict[str, Any]]:
     """One image of a method (saved with its recipe under `folder`) and its verdict, with the seconds it took and
     for edits the change in and out of the region."""
     extra: dict[str, Any] = {}
     source = region = None
     if method.edit:
         source, extra, region = edit_inputs(method, colour, shape)
+    if precision != "fp32":
+        extra["precision"] = precision
     started = time.perf_counter()
     output = pipe(prompt_of(colour, shape), seed=seed, progress=False, save_every=0, **method.settings,
                   **extra)
@@ -194,9 +197,10 @@ def grid(quick: bool, seeds: int, colours: list[str], shapes: list[str]) -> list
     return [(c, s, seed) for seed in range(1 if quick else seeds) for c, s in prompts]
 
 
-def run(methods: list[str], items: list[tuple[str, str, int]], out: Path, progress: bool = True) -> dict[str, Any]:
+def run(methods: list[str], items: list[tuple[str, str, int]], out: Path, progress: bool = True,
+        precision: str = "fp32") -> dict[str, Any]:
     """Run the methods over the items; write the JSON (after each method) and the contact sheet; return the report."""
-    report: dict[str, Any] = {"machine": machine(), "settings": {}, "summary": {}, "items": {}}
+    report: dict[str, Any] = {"machine": machine(), "precision": precision, "settings": {}, "summary": {}, "items": {}}
     sheet_rows: dict[str, list[Image.Image]] = {}
     out.mkdir(parents=True, exist_ok=True)
     first_seed = min(seed for _, _, seed in items)
@@ -207,7 +211,7 @@ def run(methods: list[str], items: list[tuple[str, str, int]], out: Path, progre
                                     "size": method.settings.get("size", method.size)}
         rows, images = [], []
         for colour, shape, seed in tqdm(items, desc=name, disable=not progress, dynamic_ncols=True):
-            image, row = run_one(method, pipe, colour, shape, seed, out / "images" / name)
+            image, row = run_one(method, pipe, colour, shape, seed, out / "images" / name, precision)
             rows.append(row)
             if seed == first_seed:
                 images.append(image)
@@ -230,11 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help=f"{len(QUICK_PROMPTS)} prompts, 1 seed")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for meaning.json and meaning.png")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="autocast precision of every method")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.exit(2, f"error: --seeds must be at least 1, got {args.seeds}\n")
     torch.set_num_threads(args.threads)
-    report = run(args.methods, grid(args.quick, args.seeds, args.colours, args.shapes), args.out)
+    report = run(args.methods, grid(args.quick, args.seeds, args.colours, args.shapes), args.out, precision=args.precision)
     print()
     print_table(report["summary"])
     print(f"wrote {args.out / 'meaning.json'} and {args.out / 'meaning.png'}")

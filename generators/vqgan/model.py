@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from generators.base import LatentGenerator
 from generators.vqgan.autograd import clamp_with_grad
@@ -34,6 +35,7 @@ class VQGAN(LatentGenerator):
         self.post_quant_conv = nn.Conv2d(config.embed_dim, z_channels, kernel_size=1)
         self.requires_grad_(False)
         self.eval()
+        self._low_precision: tuple[tuple, dict[str, torch.Tensor]] | None = None  # see decoder_weights
 
     @property
     def factor(self) -> int:
@@ -69,8 +71,33 @@ class VQGAN(LatentGenerator):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Images BCHW in [0, 1] from latent `z`, quantised straight-through so gradients reach `z`."""
         quantized = quantize_straight_through(z, self.codebook)
-        images = self.decoder(self.post_quant_conv(quantized))
+        features = self.post_quant_conv(quantized)
+        weights = self.decoder_weights(features.device)
+        if weights is None:
+            images = self.decoder(features)
+        else:
+            features = features.to(weights["conv_in.weight"].dtype).contiguous(memory_format=torch.channels_last)
+            images = functional_call(self.decoder, weights, (features,)).contiguous()
         return clamp_with_grad((images + 1) / 2, 0.0, 1.0)
+
+    def decoder_weights(self, device: torch.device) -> dict[str, torch.Tensor] | None:
+        """Under CPU bf16 autocast with a frozen decoder: its weights cast once to bf16, 4-D ones channels_last
+        (oneDNN's AMX kernels), kept while the weights are unchanged; else None (plain autocast).
+
+        Autocast recasts frozen weights at every op and keeps NCHW. Measured decoder forward + backward at 256x256
+        on this CPU (load average 15): fp32 42.0 s, autocast 18.0 s, autocast + channels_last 13.0 s, these
+        weights 10.6 s. Costs one bf16 copy of the decoder (2 bytes per parameter, about 85 MB for f16_16384)."""
+        dtype = torch.get_autocast_dtype("cpu") if device.type == "cpu" and torch.is_autocast_enabled("cpu") else None
+        parameters = list(self.decoder.named_parameters())
+        if dtype != torch.bfloat16 or any(p.requires_grad for _, p in parameters):
+            return None
+        key = tuple((p.data_ptr(), p._version, p.device) for _, p in parameters)
+        if self._low_precision is None or self._low_precision[0] != key:
+            with torch.no_grad():
+                weights = {name: (p.to(dtype).contiguous(memory_format=torch.channels_last) if p.ndim == 4
+                                  else p.to(dtype)) for name, p in parameters}
+            self._low_precision = (key, weights)
+        return self._low_precision[1]
 
     @torch.no_grad()
     def project_(self, z: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,7 @@ class OpenCLIPEncoder(CLIPEncoder):
         super().__init__(name, int(size[0] if isinstance(size, (tuple, list)) else size), _embed_dim(model), mean, std,
                          int(getattr(model, "context_length", 77)))
         self.model = model.float().eval().requires_grad_(False)
+        sequence_first(getattr(model.visual, "transformer", None))
         self.tokenizer = tokenizer
         self.config = config
 
@@ -80,6 +81,22 @@ class OpenCLIPEncoder(CLIPEncoder):
         }
         save_state_dict(self.model.state_dict(), path, metadata)
         return Path(path)
+
+
+def sequence_first(transformer: nn.Module | None) -> None:
+    """Run an open_clip Transformer's nn.MultiheadAttention blocks on contiguous (L, N, D) activations (same maths).
+
+    Batch-first blocks hand `nn.MultiheadAttention` a transposed view, whose input projection then becomes a
+    batched matmul against the weight expanded once per token position: under CPU bf16 autocast that expanded
+    weight is copied (50 x 768 x 2304 per layer for ViT-B/32). Measured on this CPU (32 cutouts, forward and
+    backward of the image tower): fp32 24.2 -> 21.2 s, bf16 autocast 22.1 -> 14.6 s (load average 10)."""
+    blocks = getattr(transformer, "resblocks", ())
+    attentions = [getattr(block, "attn", None) for block in blocks]
+    if not blocks or not all(isinstance(attn, nn.MultiheadAttention) for attn in attentions):
+        return  # custom attention blocks take batch-first input and project it contiguously already
+    transformer.batch_first = False
+    for attn in attentions:
+        attn.batch_first = False
 
 
 def _embed_dim(model: nn.Module) -> int:
