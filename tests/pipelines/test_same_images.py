@@ -6,7 +6,10 @@ masks stored beside them as inputs). vqgan-generate.png and vqgan-directional.pn
 cutouts moved to roi_align (one crop per box instead of one image copy per cutout): the crop is the same formula
 (equal to kornia's crop_and_resize to 1e-13 in float64) but rounds differently in float32 (about 1e-4), and 12
 and 8 optimisation steps grow that to at most 21/255 and 10/255 on a pixel (mean 1.2 and 0.5); with the old
-crop patched back in, the old PNGs still match bit for bit."""
+crop patched back in, the old PNGs still match bit for bit. The three vqgan-*.png were recorded again when the
+latent-optimisation pipelines' default augmentation became 'geometric' (the field's set without its colour
+jitter, chosen by bench/meaning.py); called with augment='default', the pipeline still gives the previous PNGs
+bit for bit."""
 
 from __future__ import annotations
 
