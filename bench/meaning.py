@@ -10,6 +10,7 @@ contact sheet (one row per method: the first seed of every prompt).
     python bench/meaning.py --quick               # 3 prompts, 1 seed: a smoke test
     python bench/meaning.py --methods diffusion_sampler vqgan_clip --seeds 1
     python bench/meaning.py --methods vqgan_clip --quick --precision bf16   # the same judged in bf16 autocast
+    python bench/meaning.py --methods vqgan_clip --set augment=geometric lr=0.2   # try other call settings
 
 Settings: the CLI defaults, except the sizes and steps the README's offline demo uses for the shapes models
 (VQGAN and pixels at 64 px, 100 steps, 16 cutouts; the DDPM at its native 32 px, 50 steps, 16 cutouts). They are
@@ -19,10 +20,11 @@ in METHODS and in the JSON.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -197,15 +199,32 @@ def grid(quick: bool, seeds: int, colours: list[str], shapes: list[str]) -> list
     return [(c, s, seed) for seed in range(1 if quick else seeds) for c, s in prompts]
 
 
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` call settings, each value read as a Python literal when it is one ('0.2', 'True'), else as text."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--set takes KEY=VALUE, got {pair!r}")
+        try:
+            overrides[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            overrides[key] = text
+    return overrides
+
+
 def run(methods: list[str], items: list[tuple[str, str, int]], out: Path, progress: bool = True,
-        precision: str = "fp32") -> dict[str, Any]:
-    """Run the methods over the items; write the JSON (after each method) and the contact sheet; return the report."""
+        overrides: dict[str, Any] | None = None, precision: str = "fp32") -> dict[str, Any]:
+    """Run the methods over the items (their call settings updated by `overrides`); write the JSON (after each
+    method) and the contact sheet; return the report."""
     report: dict[str, Any] = {"machine": machine(), "precision": precision, "settings": {}, "summary": {}, "items": {}}
     sheet_rows: dict[str, list[Image.Image]] = {}
     out.mkdir(parents=True, exist_ok=True)
     first_seed = min(seed for _, _, seed in items)
     for name in methods:
         method = METHODS[name]
+        if overrides:
+            method = replace(method, settings={**method.settings, **overrides})
         pipe = method.load()
         report["settings"][name] = {**method.settings, **method.recorded, "edit": method.edit,
                                     "size": method.settings.get("size", method.size)}
@@ -235,11 +254,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for meaning.json and meaning.png")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="autocast precision of every method")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override call settings of every method run, e.g. augment=geometric lr=0.2 steps=200")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.exit(2, f"error: --seeds must be at least 1, got {args.seeds}\n")
+    try:
+        overrides = parse_overrides(args.set)
+    except ValueError as error:
+        parser.exit(2, f"error: {error}\n")
     torch.set_num_threads(args.threads)
-    report = run(args.methods, grid(args.quick, args.seeds, args.colours, args.shapes), args.out, precision=args.precision)
+    report = run(args.methods, grid(args.quick, args.seeds, args.colours, args.shapes), args.out,
+                 overrides=overrides, precision=args.precision)
     print()
     print_table(report["summary"])
     print(f"wrote {args.out / 'meaning.json'} and {args.out / 'meaning.png'}")

@@ -137,7 +137,7 @@ class LatentOptimizationPipeline:
 
     def __call__(self, prompt: str = "", *, size: str | int | tuple[int, int] | None = None, steps: int = 300,
                  seed: int | None = None, lr: float | None = None, optimizer: str = "adam", cutn: int = 32,
-                 cut_pow: float = 1.0, augment: str = "default", image_prompts: Sequence[str | ImagePrompt] = (),
+                 cut_pow: float = 1.0, augment: str = "geometric", image_prompts: Sequence[str | ImagePrompt] = (),
                  init_image: str | Path | torch.Tensor | None = None, init_weight: float | None = None,
                  mask: str | Path | torch.Tensor | None = None, source_text: str | None = None,
                  num_images: int = 1, keep_best: int | None = None, judge_model: str | None = None,

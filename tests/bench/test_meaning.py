@@ -47,3 +47,21 @@ def test_quick_benchmark_judges_every_method_and_writes_its_outputs(tmp_path):
     sheet = Image.open(tmp_path / "meaning.png")
     assert sheet.height == CELL * len(METHODS)
     assert read_recipe(tmp_path / "meaning.png")["summary"] == report["summary"]
+
+
+def test_set_overrides_read_literals_and_text_and_reject_a_missing_equals_sign():
+    from meaning import parse_overrides
+
+    assert parse_overrides(["lr=0.2", "steps=200", "augment=geometric", "keep_best=True"]) == {
+        "lr": 0.2, "steps": 200, "augment": "geometric", "keep_best": True}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_overrides(["lr"])
+
+
+def test_bad_set_override_exits_2_with_one_line(capsys):
+    from meaning import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--methods", "vqgan_clip", "--set", "not a key=1"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0

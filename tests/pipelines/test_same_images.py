@@ -9,7 +9,10 @@ and 8 optimisation steps grow that to at most 21/255 and 10/255 on a pixel (mean
 crop patched back in, the old PNGs still match bit for bit. diffusion-masked.png and diffusion-invert.png were
 recorded again (one torch thread, as the tests run) when masked and --source-text edits began to use 5 steps of
 backward guidance by default: before, those edits kept the source's colour (0% target colour on the meaning
-benchmark); the red circle now turns blue in diffusion-invert."""
+benchmark); the red circle now turns blue in diffusion-invert. The three vqgan-*.png were recorded again when the
+latent-optimisation pipelines' default augmentation became 'geometric' (the field's set without its colour
+jitter, chosen by bench/meaning.py); called with augment='default', the pipeline still gives the previous PNGs
+bit for bit."""
 
 from __future__ import annotations
 
