@@ -59,7 +59,7 @@ def test_training_on_a_csv_reduces_the_loss(shapes_csv, monkeypatch, tmp_path):
                                    eval_label_key="colour", templates=("a {} shape",)))
     assert len(result.losses) == 25
     assert np.mean(result.losses[-5:]) < 0.7 * result.losses[0]
-    assert 0.0 <= result.metrics["csv_acc"] <= 1.0
+    assert 0.0 <= result.metrics["csv_top1"] <= 1.0
 
 
 def interrupted(monkeypatch, config: tc.TrainConfig, steps: int) -> None:
