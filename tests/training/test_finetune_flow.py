@@ -16,7 +16,7 @@ from pipelines import zero_shot
 from training import shapes_world as world
 from training import train_clip as tc
 
-pytestmark = pytest.mark.slow  # about a minute on an idle core, several on a busy one
+
 
 
 def figures(line: str) -> dict[str, float]:
@@ -24,6 +24,7 @@ def figures(line: str) -> dict[str, float]:
     return {name: float(value) for name, value in re.findall(r"(csv_top\d)=([0-9.]+)", line)}
 
 
+@pytest.mark.slow  # about a minute on an idle core, several on a busy one
 def test_finetuning_a_state_dict_on_french_captions_raises_french_zero_shot_accuracy(tmp_path, capsys):
     train_csv = world.write_dataset(tmp_path / "train", 96, seed=11, split="train", language="fr")
     eval_csv = world.write_dataset(tmp_path / "eval", 64, seed=12, split="all", language="fr", unnamed=False)
@@ -49,3 +50,23 @@ def test_finetuning_a_state_dict_on_french_captions_raises_french_zero_shot_accu
     table = capsys.readouterr().out
     overall = next(line for line in table.splitlines() if line.startswith("(all)")).split()
     assert float(overall[2]) == pytest.approx(after["csv_top1"], abs=1e-3)
+
+
+def test_a_transformers_clip_fine_tunes_and_saves_a_folder_that_load_clip_takes(tmp_path):
+    """The same flow from a save_pretrained folder (tiny random CLIPModel): trains, evaluates before and after,
+    and `--out FOLDER` writes a transformers folder."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "tiny_transformers", Path(__file__).parents[1] / "guidance" / "transformers_models.py")
+    tiny = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tiny)
+    folder = tiny.save_tiny_model("clip", tmp_path / "tiny")
+    data = world.write_dataset(tmp_path / "data", 16, seed=1, split="train", image_size=32)
+    result = tc.train(tc.TrainConfig(csv=str(data), model=str(folder), steps=3, batch_size=8, lr=1e-3, warmup_steps=1,
+                                     progress=False, threads=1, eval_csv=str(data), eval_label_key="colour",
+                                     out=str(tmp_path / "tuned")))
+    assert len(result.losses) == 3 and "csv_top1" in result.before and "csv_top1" in result.metrics
+    tuned = load_clip(str(tmp_path / "tuned"))
+    torch.testing.assert_close(tuned.encode_text(["a red circle"]), result.clip.encode_text(["a red circle"]).cpu(),
+                               atol=1e-3, rtol=1e-3)
