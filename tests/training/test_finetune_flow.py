@@ -17,8 +17,6 @@ from training import shapes_world as world
 from training import train_clip as tc
 
 
-
-
 def figures(line: str) -> dict[str, float]:
     """The overall `csv_top*` figures of a printed metrics line."""
     return {name: float(value) for name, value in re.findall(r"(csv_top\d)=([0-9.]+)", line)}
