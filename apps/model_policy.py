@@ -1,6 +1,7 @@
 """Which models visitors of the web app may pick: the operator's lists, and free names only when allowed.
 
-By default each registered pipeline offers its shipped model and the CLIP picker offers `shapes-tiny`; the
+By default each registered pipeline offers its shipped model and the CLIP picker offers the shipped CLIPs
+(`shapes-tiny`, preselected, and the bilingual `shapes-tiny-zh` for Chinese prompts); the
 operator adds models per kind (a pipeline's registry name, or `clip`) with `--models`. With
 `--allow-custom-models` a visitor may also type a hub-style name (`owner/name`, `hf:owner/name`,
 `ViT-B-32:openai`) or the name of a file or folder inside `--model-dir`; a filesystem path anywhere else is
@@ -20,7 +21,8 @@ from guidance.errors import InvalidInputError
 from pipelines.registry import get_pipeline_spec, pipeline_names
 
 CLIP_KIND = "clip"
-SHIPPED_CLIP = "shapes-tiny"  # the packaged CLIP, so the app works without a download
+# The packaged CLIPs, so the app works without a download: the first is preselected; the second reads Chinese too.
+SHIPPED_CLIPS = ("shapes-tiny", "shapes-tiny-zh")
 # A hub-style name: an optional hub prefix, then NAME or OWNER/NAME of letters, digits, '.', '_' and '-'.
 HUB_STYLE = re.compile(r"(hf-hub:|hf:|hf://)?[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
@@ -31,8 +33,8 @@ def model_kinds() -> list[str]:
 
 
 def shipped_models() -> dict[str, list[str]]:
-    """The models every app offers: each pipeline's shipped model and the shipped CLIP."""
-    return {**{name: [get_pipeline_spec(name).offline_model] for name in pipeline_names()}, CLIP_KIND: [SHIPPED_CLIP]}
+    """The models every app offers: each pipeline's shipped model and the shipped CLIPs."""
+    return {**{name: [get_pipeline_spec(name).offline_model] for name in pipeline_names()}, CLIP_KIND: list(SHIPPED_CLIPS)}
 
 
 def parse_model_entry(text: str, where: str) -> tuple[str, list[str]]:

@@ -421,6 +421,34 @@ def caption_zh(spec: ShapeSpec, rng: np.random.Generator) -> str:
                            size=SIZES_ZH[spec.size], where=POSITIONS_ZH[spec.position])
 
 
+# --- French: a caption style no shipped model was trained on, for the fine-tuning example (README) ---------
+# Shape nouns with their article, and each colour's (masculine, feminine) adjective (une étoile verte).
+SHAPES_FR: dict[str, tuple[str, bool]] = {"circle": ("cercle", False), "square": ("carré", False),
+                                          "triangle": ("triangle", False), "star": ("étoile", True)}
+COLOURS_FR: dict[str, tuple[str, str]] = {
+    "red": ("rouge", "rouge"), "green": ("vert", "verte"), "blue": ("bleu", "bleue"), "yellow": ("jaune", "jaune"),
+    "orange": ("orange", "orange"), "purple": ("violet", "violette"), "white": ("blanc", "blanche"),
+    "black": ("noir", "noire")}
+CAPTION_LANGUAGES: tuple[str, ...] = ("en", "zh", "fr")
+
+
+def caption_fr(spec: ShapeSpec) -> str:
+    """A French caption of a spec: 'un cercle rouge', 'une étoile verte'; 'un cercle' for an unnamed colour,
+    'une forme rouge' for an unnamed shape."""
+    noun, feminine = SHAPES_FR.get(spec.shape, ("forme", True))
+    colour = COLOURS_FR[spec.colour][feminine] if isinstance(spec.colour, str) else ""
+    return f"{'une' if feminine else 'un'} {noun} {colour}".strip()
+
+
+def pair_label(spec: ShapeSpec, language: str) -> str:
+    """The zero-shot label of a spec's (colour, shape) pair in ``language`` ('other' when either is unnamed)."""
+    if not isinstance(spec.colour, str) or spec.shape not in SHAPES:
+        return "other"
+    if language == "fr":
+        return caption_fr(spec)
+    return pair_labels(language)[list(COLOURS).index(spec.colour) * len(SHAPES) + list(SHAPES).index(spec.shape)]
+
+
 def caption_for(spec: ShapeSpec, template: str) -> str:
     """Fill a caption template with a spec's words (with 'an' before vowels)."""
     text = template.format(colour=spec.colour, shape=spec.shape, size=spec.size, where=POSITION_PHRASES[spec.position])
@@ -522,22 +550,31 @@ def render_canonical(text: str, image_size: int = 64) -> np.ndarray:
     return render_shape_image(spec.colour, spec.shape, spec.position, spec.size, spec.background, image_size)
 
 
-def write_dataset(out: Path, count: int, seed: int = 0, split: str = "train", image_size: int = 64) -> Path:
-    """Write ``count`` PNGs under ``out/images`` and ``out/captions.csv``; return the CSV path."""
+def write_dataset(out: Path, count: int, seed: int = 0, split: str = "train", image_size: int = 64,
+                  language: str = "en", unnamed: bool | None = None) -> Path:
+    """Write ``count`` PNGs under ``out/images`` and ``out/captions.csv``; return the CSV path. Captions are in
+    ``language`` ('en' as drawn, 'zh' or 'fr'), and the ``label`` column holds each image's (colour, shape) pair
+    label in it, for a zero-shot evaluation; ``unnamed=False`` draws named colours and shapes only."""
+    if language not in CAPTION_LANGUAGES:
+        raise InvalidInputError(f"unknown caption language {language!r}; choose one of {', '.join(CAPTION_LANGUAGES)}")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    dataset = ShapesDataset(count, seed, split, image_size)
+    dataset = ShapesDataset(count, seed, split, image_size, unnamed=unnamed)
     csv_path = out / "captions.csv"
-    with open(csv_path, "w", newline="") as handle:
+    with open(csv_path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["filepath", "caption", "colour", "shape", "position", "size"])
+        writer.writerow(["filepath", "caption", "label", "colour", "shape", "position", "size"])
         for i in range(count):
             image, caption, spec = dataset.item(i)
+            if language == "zh":
+                caption = caption_zh(spec, np.random.default_rng([seed, i, 86]))
+            elif language == "fr":
+                caption = caption_fr(spec)
             name = f"images/{i:06d}.png"
             Image.fromarray(image).save(out / name)
             colour = spec.colour if isinstance(spec.colour, str) else "other"
             shape = spec.shape if spec.shape in SHAPES else "other"
-            writer.writerow([name, caption, colour, shape, spec.position, spec.size])
+            writer.writerow([name, caption, pair_label(spec, language), colour, shape, spec.position, spec.size])
     return csv_path
 
 
@@ -549,9 +586,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--split", choices=SPLITS, default="train", help="which (colour, shape) pairs to draw")
     parser.add_argument("--image-size", type=int, default=64, help="side of the square images in pixels")
+    parser.add_argument("--language", choices=CAPTION_LANGUAGES, default="en",
+                        help="language of the captions and labels (fr: a style no shipped model knows)")
+    parser.add_argument("--named-only", action="store_true",
+                        help="only named colours and shapes (an evaluation set: every label is a pair)")
     args = parser.parse_args(argv)
     try:
-        path = write_dataset(args.out, args.count, args.seed, args.split, args.image_size)
+        path = write_dataset(args.out, args.count, args.seed, args.split, args.image_size, args.language,
+                             False if args.named_only else None)
     except InvalidInputError as exc:
         parser.exit(2, f"error: {exc}\n")
     print(f"wrote {args.count} images and {path}")

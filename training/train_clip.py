@@ -1,8 +1,11 @@
 """Train or fine-tune a CLIP model with CLIP's symmetric contrastive loss.
 
 Data is either an image-caption CSV (paths relative to the CSV's folder) or the synthetic shapes world
-rendered on the fly. Models are any open_clip model (architecture + pretrained tag, local file, built-in
-name) or a new one built from a config (a JSON file, or the built-in tiny shapes config).
+rendered on the fly. Models are any CLIP load_clip takes (an open_clip architecture + pretrained tag or local
+weights file such as a RemoteCLIP/GeoRSCLIP `.pt` state dict, read without running pickled code; a built-in
+name; a checkpoint file; a transformers `hf:` id or folder) or a new one built from a config (a JSON file, or
+the built-in tiny shapes config). A fine-tune is evaluated zero-shot before its first step and after its last
+(`--eval-csv`: a labelled folder or CSV, top-1/top-5 per class, as `python -m pipelines.zero_shot --eval`).
 Batches depend only on (seed, step), so a resumed run continues exactly where it stopped. The schedule,
 checkpoints, resume and error exit are the ones all trainers share (training/core.py).
 
@@ -12,6 +15,8 @@ gathered with their gradients, so N processes train as one process with the whol
 evaluates, checkpoints and saves, and a checkpoint resumes on any number of processes.
 
 CLI: python -m training.train_clip --shapes --steps 2400 --checkpoint-dir runs/clip --out runs/clip.safetensors
+     python -m training.train_clip --csv data.csv --init ViT-B-32 --pretrained RemoteCLIP-ViT-B-32.pt \
+         --eval-csv eval.csv --label-column label --out tuned.safetensors
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from tqdm import tqdm
 from guidance import CLIPEncoder, load_clip, load_image, save_clip, zero_shot_classify
 from guidance.cutouts import AUGMENT_PRESETS, Augment
 from guidance.errors import InvalidInputError
+from pipelines import zero_shot
 from training import core
 from training import shapes_world as world
 from training.core import (EVAL_SEED, WEIGHTS_FILE, Optimisation, OptimisationConfig, add_optimisation_arguments,
@@ -74,6 +80,7 @@ class TrainConfig(OptimisationConfig):
     image_size: int | None = None
     augment: str = "none"
     augment_share: float = 1.0
+    lock_image: bool = False
     chinese_share: float = 0.0
     context_length: int | None = None
     eval_every: int = 0
@@ -93,11 +100,13 @@ class TrainConfig(OptimisationConfig):
 
 @dataclass
 class TrainResult:
-    """What a run produced: the trained encoder, the loss of each step run, and the final evaluation."""
+    """What a run produced: the trained encoder, the loss of each step run, and the final evaluation (and, for a
+    fine-tune started afresh, the one before it)."""
 
     clip: CLIPEncoder
     losses: list[float] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+    before: dict[str, float] = field(default_factory=dict)  # a fine-tune's evaluation before its first step
     seconds: float = 0.0
 
 
@@ -253,16 +262,12 @@ def evaluate_shapes(clip: CLIPEncoder, count: int = 512, seed: int = EVAL_SEED, 
 
 def evaluate_csv(clip: CLIPEncoder, path: str | Path, label_key: str, templates: Sequence[str],
                  image_key: str = "filepath") -> dict[str, float]:
-    """Zero-shot accuracy over the distinct labels of a CSV's ``label_key`` column."""
-    dataset = CaptionCSV(path, image_key, label_key, clip.image_size)
-    classes = sorted(set(dataset.captions))
-    if len(classes) < 2:
-        raise InvalidInputError(f"{path}: column {label_key!r} needs at least two distinct labels for zero-shot accuracy")
-    images = torch.stack([dataset[i][0] for i in range(len(dataset))]).to(clip.device)
-    truth = torch.tensor([classes.index(c) for c in dataset.captions])
+    """Zero-shot accuracy on a labelled folder (one subfolder per class) or a CSV's ``label_key`` column, by
+    pipelines.zero_shot.evaluate: ``csv_top1``, ``csv_topK`` (K = min(5, classes)) and ``csv_top1[CLASS]``."""
     with evaluating(clip.model):
-        probs = _classify(clip, images, classes, templates).cpu()
-    return {"csv_acc": (probs.argmax(1) == truth).float().mean().item()}
+        result = zero_shot.evaluate(clip, path, templates, label_key, image_key)
+    return {"csv_top1": result.overall_top1, f"csv_top{result.k}": result.overall_topk,
+            **{f"csv_top1[{name}]": top1 for name, top1 in zip(result.classes, result.top1)}}
 
 
 def evaluate(clip: CLIPEncoder, config: TrainConfig) -> dict[str, float]:
@@ -345,7 +350,7 @@ def load_checkpoint(path: str | Path, config: TrainConfig) -> tuple[CLIPEncoder,
     """Restore model, optimisation, step and torch RNG from a checkpoint (or the latest in a directory)."""
     folder = require_checkpoint(path)
     clip = load_clip(str(folder / WEIGHTS_FILE), device=config.device)
-    _make_trainable(clip)
+    _make_trainable(clip, config.lock_image)
     optimisation = build_optimisation(clip, config)
     state = restore(folder, optimisation)
     return clip, optimisation, int(state["step"])
@@ -363,9 +368,15 @@ def save_weights(clip: CLIPEncoder, path: str | Path, fp16: bool = False, name: 
     return Path(path)
 
 
-def _make_trainable(clip: CLIPEncoder) -> None:
-    """Put the model in training mode with gradients on."""
+def _make_trainable(clip: CLIPEncoder, lock_image: bool = False) -> None:
+    """Put the model in training mode with gradients on; with ``lock_image`` the image tower stays frozen in eval
+    mode (its batch-norm statistics too), so only the text side learns (LiT, Zhai et al. 2022)."""
     clip.model.train().requires_grad_(True)
+    if lock_image:
+        visual = getattr(clip.model, "visual", None) or getattr(clip.model, "vision_model", None)
+        if visual is None:
+            raise InvalidInputError(f"--lock-image: {clip.name} has no image tower named visual or vision_model")
+        visual.eval().requires_grad_(False)
 
 
 # --- training loop ------------------------------------------------------------------------------------
@@ -405,7 +416,7 @@ def _start(config: TrainConfig) -> tuple[CLIPEncoder, Optimisation, int]:
     if config.resume:
         return load_checkpoint(config.resume, config)
     clip = build_model(config)
-    _make_trainable(clip)
+    _make_trainable(clip, config.lock_image)
     return clip, build_optimisation(clip, config), 0
 
 
@@ -435,8 +446,17 @@ def train(config: TrainConfig) -> TrainResult:
         result.losses.append(loss)
         return {"loss": f"{loss:.3f}", "scale": f"{clip.model.logit_scale.exp().item():.1f}"}
 
-    run_steps(step, start, config, "train",
-              evaluate=lambda done: tqdm.write(f"step {done}: " + _format(evaluate(clip, config))),
+    def evaluate_during(done: int) -> None:
+        """Evaluate mid-run and print the figures; the evaluation's eval mode ends in training mode again."""
+        tqdm.write(f"step {done}: " + _format(evaluate(clip, config)))
+        _make_trainable(clip, config.lock_image)
+
+    if start == 0 and config.model is not None and first:  # a fine-tune: where it starts from
+        result.before = evaluate(clip, config)
+        _make_trainable(clip, config.lock_image)
+        if result.before:
+            tqdm.write("before: " + _format(result.before))
+    run_steps(step, start, config, "train", evaluate=evaluate_during,
               checkpoint=(lambda done: save_checkpoint(config.checkpoint_dir, clip, optimisation, done))
               if config.checkpoint_dir and first else None, final_checkpoint=True)
     clip.model.eval().requires_grad_(False)
@@ -462,16 +482,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.train_clip", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     m = p.add_argument_group("model")
-    m.add_argument("--model", help="model to fine-tune: open_clip architecture, built-in name or checkpoint file")
-    m.add_argument("--pretrained", help="open_clip pretrained tag or weights file for --model")
+    m.add_argument("--model", "--init", dest="model",
+                   help="model to fine-tune: any name load_clip takes (open_clip architecture, built-in name, "
+                        "checkpoint file, hf:OWNER/NAME or save_pretrained folder)")
+    m.add_argument("--pretrained", help="open_clip pretrained tag, or a local weights file (e.g. a RemoteCLIP .pt state "
+                                        "dict, read without running pickled code) for the --model architecture")
     m.add_argument("--model-config", help="JSON open_clip config for a new model (default without --model: built-in tiny config)")
     m.add_argument("--context-length", type=int,
                    help="lengthen --model's text context to this many tokens (Chinese needs ~3 BPE tokens a character)")
+    m.add_argument("--lock-image", action="store_true",
+                   help="freeze the image tower (and its batch-norm statistics) and train only the text side, as "
+                        "LiT does: new captions or a new language map into the space the image tower already has")
     data = p.add_argument_group("data")
     data.add_argument("--shapes", action="store_true", help="train on the synthetic shapes world, rendered on the fly")
     data.add_argument("--csv", help="image-caption CSV; image paths relative to its folder")
-    data.add_argument("--csv-image-key", default=d.csv_image_key, help="CSV column holding image paths")
-    data.add_argument("--csv-caption-key", default=d.csv_caption_key, help="CSV column holding captions")
+    data.add_argument("--csv-image-key", "--image-column", dest="csv_image_key", default=d.csv_image_key,
+                      help="CSV column holding image paths (also of --eval-csv)")
+    data.add_argument("--csv-caption-key", "--caption-column", dest="csv_caption_key", default=d.csv_caption_key,
+                      help="CSV column holding captions")
     data.add_argument("--image-size", type=int, help="render/crop size (default: the model's input size)")
     data.add_argument("--augment", choices=AUGMENT_PRESETS, default=d.augment,
                       help="augment training images as guidance augments cutouts (kornia presets plus noise), so "
@@ -490,8 +518,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eval-count", type=int, default=d.eval_count, help="held-out shape images per evaluation")
     e.add_argument("--eval-shapes", action=argparse.BooleanOptionalAction, default=None,
                    help="zero-shot on held-out shapes (default: on with --shapes)")
-    e.add_argument("--eval-csv", help="CSV with images and a label column for zero-shot accuracy")
-    e.add_argument("--eval-label-key", default=d.eval_label_key, help="label column of --eval-csv")
+    e.add_argument("--eval-csv", metavar="FOLDER_OR_CSV",
+                   help="zero-shot top-1/top-5 accuracy, per class, on a folder with one subfolder of images per "
+                        "class or a CSV of images and labels (a fine-tune: before and after)")
+    e.add_argument("--eval-label-key", "--label-column", dest="eval_label_key", default=d.eval_label_key,
+                   help="label column of an --eval-csv CSV")
     e.add_argument("--template", dest="templates", action="append",
                    help=f"prompt template for --eval-csv labels, repeatable (default: {list(DEFAULT_TEMPLATES)})")
     c = p.add_argument_group("checkpoints and output")

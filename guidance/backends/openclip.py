@@ -212,7 +212,10 @@ def _create(name: str, pretrained: str | None, cache_dir: str | None, label: str
     root_logger.setLevel(logging.CRITICAL)  # open_clip logs warnings and errors we report ourselves
     try:
         with hub_offline() if offline else contextlib.nullcontext():
-            model = open_clip.create_model(name, pretrained=pretrained, cache_dir=cache_dir)
+            # No pretrained tag: random weights, or a checkpoint loaded over them next, so a Hugging Face text
+            # tower (the multilingual models) is built from its config and its hub weights are never fetched.
+            model = open_clip.create_model(name, pretrained=pretrained, cache_dir=cache_dir,
+                                           pretrained_text=pretrained is not None)
             tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir)
     except (OSError, RuntimeError, ValueError) as error:
         if not needs_download:

@@ -67,7 +67,7 @@ def test_by_default_only_the_shipped_models_are_offered():
     assert policy.allowed == shipped_models()
     for name in pipeline_names():
         assert policy.choices(name) == [get_pipeline_spec(name).offline_model]
-    assert policy.choices("clip") == ["shapes-tiny"]
+    assert policy.choices("clip") == ["shapes-tiny", "shapes-tiny-zh"]  # the bilingual one for Chinese prompts
 
 
 @pytest.mark.parametrize("model, clips", [(SECRET, ["shapes-tiny"]), ("shapes-tiny", [SECRET]),
@@ -80,7 +80,8 @@ def test_a_typed_model_or_path_is_refused_by_default_and_nothing_is_read_or_load
         error = run_generate(app, model, clips)
     finally:
         OPENED.recording.clear()
-    assert "is not offered by this server; pick one of shapes-tiny, or ask its operator to add it" in error
+    offered = "shapes-tiny" if model != "shapes-tiny" else "shapes-tiny, shapes-tiny-zh"  # the VQGAN's or the CLIPs
+    assert f"is not offered by this server; pick one of {offered}, or ask its operator to add it" in error
     assert spy.calls == [] and not any(SECRET in path for path in OPENED.paths)
 
 
@@ -137,7 +138,7 @@ def test_names_inside_the_model_dir_load_by_their_absolute_path(tmp_path):
 
 def test_listed_models_are_offered_and_a_clip_weight_does_not_matter():
     policy = ModelPolicy.build({"clip": ["ViT-B-32:openai"], "vqgan_clip": ["vqgan_imagenet_f16_16384"]})
-    assert policy.choices("clip") == ["shapes-tiny", "ViT-B-32:openai"]
+    assert policy.choices("clip") == ["shapes-tiny", "shapes-tiny-zh", "ViT-B-32:openai"]
     assert policy.check_clip("ViT-B-32:openai:0.5") == "ViT-B-32:openai:0.5"
     assert policy.check_model("vqgan_clip", "vqgan_imagenet_f16_16384", "VQGAN") == "vqgan_imagenet_f16_16384"
     with pytest.raises(InvalidInputError, match="not offered"):

@@ -96,3 +96,14 @@ def test_offline_multilingual_models_fail_fast_in_one_line(empty_cache, monkeypa
         load_clip(name, pretrained)
     message = str(caught.value)
     assert "\n" not in message and "offline and not in the cache" in message
+
+
+def test_without_a_pretrained_tag_the_text_tower_weights_are_never_loaded(towers, monkeypatch):
+    """Random weights (or a checkpoint loaded over them) build the Hugging Face text tower from its config alone:
+    open_clip's default would fetch the tower's hub weights first."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"text tower weights loaded from {args[0] if args else kwargs}")
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", refuse)
+    config = tiny_config("xlm-roberta-base-ViT-B-32", towers["xlm-roberta"])
+    clip = load_clip("tiny-xlm-roberta-no-text-weights", architecture=config)
+    assert clip.encode_text(["一个红色的圆形"]).shape == (1, 16)
