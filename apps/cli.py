@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
-from pipelines.cli import module_summary, source_literals
+from pipelines.cli import CLIParser, module_summary, source_literals
 
 DEFAULT_OUTPUT_DIR = Path(tempfile.gettempdir()) / "clip-guidance-app"  # apps.handlers.AppConfig.output_dir
 
@@ -23,8 +23,8 @@ def positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options; their defaults are those of `apps.handlers.AppConfig`."""
-    parser = argparse.ArgumentParser(prog="python -m apps.gradio_app", description=module_summary("apps.gradio_app"),
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = CLIParser(prog="python -m apps.gradio_app", description=module_summary("apps.gradio_app"),
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     defaults = SimpleNamespace(**source_literals("apps.handlers", "AppConfig"), output_dir=DEFAULT_OUTPUT_DIR)
     serving = parser.add_argument_group("serving")
     serving.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")

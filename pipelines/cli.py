@@ -91,7 +91,7 @@ class CLIParser(argparse.ArgumentParser):
     """An argument parser whose errors are one line plus a pointer to --help (exit 2), not the whole usage."""
 
     def __init__(self, **kwargs: Any):
-        super().__init__(formatter_class=DefaultsHelpFormatter, **kwargs)
+        super().__init__(**{"formatter_class": DefaultsHelpFormatter, **kwargs})
 
     def error(self, message: str) -> NoReturn:
         """Print `error: MESSAGE; see PROG --help` and exit 2."""

@@ -40,6 +40,7 @@ def test_help_imports_nothing_heavy(module):
     ("pipelines.clip_guided_diffusion", ["a cat", "--scheduler", "euler"]),
     ("pipelines.batch", ["jobs.txt"]),
     ("pipelines.zero_shot", ["cat.png"]),
+    ("apps.gradio_app", ["--port", "x"]),
 ])
 def test_usage_errors_answer_in_one_line_before_the_heavy_imports(module, args):
     result, imported = run(module, *args)
