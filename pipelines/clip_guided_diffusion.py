@@ -690,9 +690,12 @@ class NoiseOptimizationPipeline(LatentOptimizationPipeline):
         return cls(generator, pipe.clip_models, model_name=pipe.model.name)
 
     def __call__(self, prompt: str = "", **options: Any) -> PipelineOutput:
-        """The loop's call with ReNO's optimiser, clipping and keep-best as defaults; `steps` are its iterations."""
+        """The loop's call with ReNO's optimiser, clipping and keep-best as defaults; `steps` are its iterations.
+
+        The augmentation stays the field's 'default' set, as the CLI's: on the meaning benchmark's quick prompts the
+        'geometric' set that VQGAN-CLIP now uses halved this method's colour hits (66.7% -> 33.3%)."""
         settings = {"steps": NOISE_ITERATIONS, "optimizer": self.optimizer, "grad_clip": self.grad_clip,
-                    "best_step": True, "size": self.generator.model.native_size, **options}
+                    "best_step": True, "augment": "default", "size": self.generator.model.native_size, **options}
         return super().__call__(prompt, **settings)
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 from apps.access import exposure_warning, is_loopback, read_credentials
 from apps.gradio_app import build_parser, config_from, main
 from apps.handlers import AppConfig, PipelineCache, WebApp
+from apps.model_policy import SHIPPED_CLIPS
 from apps.results import RUN_FOLDER, new_run_folder, prune_results
 from apps.run_queue import RunQueue, ServerBusy
 from guidance.errors import InvalidInputError
@@ -172,7 +173,7 @@ def test_the_command_line_builds_the_operators_settings(tmp_path):
     config = config_from(args)
     assert (config.max_steps, config.max_cutn, config.max_num_images, config.max_queue) == (50, 8, 2, 3)
     assert (config.keep_results, config.keep_results_mb) == (10, 500.0)
-    assert config.models.choices("clip") == ["shapes-tiny", "ViT-B-32:openai"]
+    assert config.models.choices("clip") == [*SHIPPED_CLIPS, "ViT-B-32:openai"]
     assert config.models.allow_custom and config.models.model_dir == tmp_path / "models"
     defaults = build_parser().parse_args([])
     assert (defaults.auth, defaults.auth_file, defaults.models, defaults.allow_custom_models) == ([], None, [], False)

