@@ -8,6 +8,7 @@ setting runs in a fresh process so the peak memory is its own. `--config tiny` r
 a CPU, to check the script.
 
     python bench/diffusion_step.py --cutns 16 32 --precisions fp32 bf16 --json bench/results/diffusion.json
+    python bench/diffusion_step.py --kinds pixel --num-images 1 4 8   # a batch guided in one step: images/s
     python bench/diffusion_step.py --config tiny --steps 2
 """
 
@@ -57,7 +58,7 @@ def measure(setting: dict) -> dict:
     scheduler = make_scheduler("ddim", model.scheduler_config, 50)
     timesteps = [int(t) for t in scheduler.timesteps]
     side = setting["size"]
-    x = torch.randn((1, *model.sample_shape(side, side)), device=device, generator=torch.Generator(device).manual_seed(0))
+    x = torch.randn((setting["num_images"], *model.sample_shape(side, side)), device=device, generator=torch.Generator(device).manual_seed(0))
     reset_peak_memory(device)
     seconds = []
     for index in range(setting["warmup"] + setting["steps"]):
@@ -72,7 +73,8 @@ def measure(setting: dict) -> dict:
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - started)
     per_step = statistics.median(seconds[setting["warmup"]:])
-    return {**setting, **timing(per_step), **peak_memory(device)}
+    return {**setting, **timing(per_step), "images_per_second": round(setting["num_images"] / per_step, 3),
+            **peak_memory(device)}
 
 
 def main() -> int:
@@ -84,16 +86,19 @@ def main() -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--cutns", type=int, nargs="+", default=[16])
     parser.add_argument("--precisions", nargs="+", default=["fp32"])
+    parser.add_argument("--num-images", type=int, nargs="+", default=[1], help="images guided together in one step")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per setting")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
     settings = [dict(device=args.device, model=f"{kind}:{architecture}", kind=kind, architecture=architecture,
-                     size=size, clip=clip, cutn=cutn, precision=precision, steps=args.steps, warmup=args.warmup)
+                     size=size, clip=clip, cutn=cutn, precision=precision, steps=args.steps, warmup=args.warmup,
+                     num_images=num_images)
                 for kind, architecture, size, clip in CONFIGS[args.config] if kind in args.kinds
-                for precision in args.precisions for cutn in args.cutns]
+                for precision in args.precisions for cutn in args.cutns for num_images in args.num_images]
     run_settings(measure, settings, [("model", "model", 16), ("size", "size", 5), ("cutn", "cutn", 5),
-                                     ("precision", "precision", 9)], args.json)
+                                     ("precision", "precision", 9), ("images", "num_images", 6),
+                                     ("images/s", "images_per_second", 9)], args.json)
     return 0
 
 
