@@ -15,8 +15,8 @@ gathered with their gradients, so N processes train as one process with the whol
 evaluates, checkpoints and saves, and a checkpoint resumes on any number of processes.
 
 CLI: python -m training.train_clip --shapes --steps 2400 --checkpoint-dir runs/clip --out runs/clip.safetensors
-     python -m training.train_clip --csv data.csv --init ViT-B-32 --pretrained RemoteCLIP-ViT-B-32.pt \
-         --eval-csv eval.csv --label-column label --out tuned.safetensors
+     python -m training.train_clip --csv data.csv --model ViT-B-32 --pretrained RemoteCLIP-ViT-B-32.pt \
+         --eval-csv eval.csv --eval-label-key label --out tuned.safetensors
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ class TrainConfig(OptimisationConfig):
     augment: str = "none"
     augment_share: float = 1.0
     lock_image: bool = False
+    lock_english: bool = False
     chinese_share: float = 0.0
     context_length: int | None = None
     eval_every: int = 0
@@ -331,11 +332,12 @@ def with_context_length(clip: CLIPEncoder, context_length: int) -> CLIPEncoder:
 
 
 def build_optimisation(clip: CLIPEncoder, config: TrainConfig) -> Optimisation:
-    """AdamW with weight decay on matrices only (not on gains, biases, embeddings' scale or temperature), on the
-    shared warm-up + cosine schedule, decaying to zero."""
-    named = [(n, p) for n, p in clip.model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in named if p.ndim >= 2]
-    rest = [p for n, p in named if p.ndim < 2]
+    """AdamW with weight decay on matrices only (not on gains, biases, embeddings' scale or temperature; none under
+    --lock-english, where decay would shrink the frozen rows too), on the shared warm-up + cosine schedule,
+    decaying to zero."""
+    trained = [p for p in clip.model.parameters() if p.requires_grad]
+    decay = [] if config.lock_english else [p for p in trained if p.ndim >= 2]
+    rest = [p for p in trained if p.ndim < 2 or config.lock_english]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
     return Optimisation(optimizer, config.warmup_steps, config.steps, config.grad_clip, final_lr_share=0.0)
@@ -350,7 +352,7 @@ def load_checkpoint(path: str | Path, config: TrainConfig) -> tuple[CLIPEncoder,
     """Restore model, optimisation, step and torch RNG from a checkpoint (or the latest in a directory)."""
     folder = require_checkpoint(path)
     clip = load_clip(str(folder / WEIGHTS_FILE), device=config.device)
-    _make_trainable(clip, config.lock_image)
+    _make_trainable(clip, config)
     optimisation = build_optimisation(clip, config)
     state = restore(folder, optimisation)
     return clip, optimisation, int(state["step"])
@@ -368,15 +370,43 @@ def save_weights(clip: CLIPEncoder, path: str | Path, fp16: bool = False, name: 
     return Path(path)
 
 
-def _make_trainable(clip: CLIPEncoder, lock_image: bool = False) -> None:
+def _make_trainable(clip: CLIPEncoder, config: TrainConfig) -> None:
     """Put the model in training mode with gradients on; with ``lock_image`` the image tower stays frozen in eval
-    mode (its batch-norm statistics too), so only the text side learns (LiT, Zhai et al. 2022)."""
+    mode (its batch-norm statistics too), so only the text side learns (LiT, Zhai et al. 2022); with
+    ``lock_english`` only the embeddings of the tokens English text never produces learn (`english_free_tokens`)."""
+    if config.lock_english:
+        clip.model.eval().requires_grad_(False)
+        _train_only_rows(clip.model.token_embedding.weight, english_free_tokens(clip))
+        return
     clip.model.train().requires_grad_(True)
-    if lock_image:
+    if config.lock_image:
         visual = getattr(clip.model, "visual", None) or getattr(clip.model, "vision_model", None)
         if visual is None:
             raise InvalidInputError(f"--lock-image: {clip.name} has no image tower named visual or vision_model")
         visual.eval().requires_grad_(False)
+
+
+def english_free_tokens(clip: CLIPEncoder) -> torch.Tensor:
+    """The ids of the tokens that ASCII text never produces under CLIP's byte-level BPE (those spelling a byte of
+    128 or more): a new language written outside ASCII (Chinese, in about three such tokens a character) can learn
+    them while every English text keeps its embedding bit for bit."""
+    tokenizer = getattr(clip, "tokenizer", None)
+    vocabulary, byte_of = getattr(tokenizer, "encoder", None), getattr(tokenizer, "byte_decoder", None)
+    if vocabulary is None or byte_of is None or not hasattr(clip.model, "token_embedding"):
+        raise InvalidInputError(f"--lock-english needs an open_clip model with CLIP's byte-level BPE tokenizer and "
+                                f"its own text tower; {clip.name} has another; use --lock-image instead")
+    return torch.tensor(sorted(index for token, index in vocabulary.items()
+                               if any(byte_of[char] >= 0x80 for char in token.removesuffix("</w>"))))
+
+
+def _train_only_rows(weight: torch.nn.Parameter, rows: torch.Tensor) -> None:
+    """Let `weight` learn in the given rows only: its gradient is zero elsewhere (so Adam leaves them as they are)."""
+    weight.requires_grad_(True)
+    if not hasattr(weight, "trained_rows"):  # one hook, however often the model goes back to training
+        mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
+        mask[rows] = 1
+        weight.trained_rows = rows
+        weight.register_hook(lambda grad: grad * mask)
 
 
 # --- training loop ------------------------------------------------------------------------------------
@@ -394,6 +424,9 @@ def _check_config(config: TrainConfig) -> None:
     if config.context_length is not None and config.model is None:
         raise InvalidInputError("--context-length lengthens a model to fine-tune (--model); a new model takes its "
                                 "context from --model-config")
+    if config.lock_english and config.model is None:
+        raise InvalidInputError("--lock-english teaches a trained English model (--model) a new language; a new "
+                                "model has no English to keep")
     if not 0 <= config.chinese_share <= 1:
         raise InvalidInputError(f"--chinese-share must be between 0 and 1, got {config.chinese_share}")
     if not 0 <= config.augment_share <= 1:
@@ -416,7 +449,7 @@ def _start(config: TrainConfig) -> tuple[CLIPEncoder, Optimisation, int]:
     if config.resume:
         return load_checkpoint(config.resume, config)
     clip = build_model(config)
-    _make_trainable(clip, config.lock_image)
+    _make_trainable(clip, config)
     return clip, build_optimisation(clip, config), 0
 
 
@@ -449,11 +482,11 @@ def train(config: TrainConfig) -> TrainResult:
     def evaluate_during(done: int) -> None:
         """Evaluate mid-run and print the figures; the evaluation's eval mode ends in training mode again."""
         tqdm.write(f"step {done}: " + _format(evaluate(clip, config)))
-        _make_trainable(clip, config.lock_image)
+        _make_trainable(clip, config)
 
     if start == 0 and config.model is not None and first:  # a fine-tune: where it starts from
         result.before = evaluate(clip, config)
-        _make_trainable(clip, config.lock_image)
+        _make_trainable(clip, config)
         if result.before:
             tqdm.write("before: " + _format(result.before))
     run_steps(step, start, config, "train", evaluate=evaluate_during,
@@ -490,6 +523,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--model-config", help="JSON open_clip config for a new model (default without --model: built-in tiny config)")
     m.add_argument("--context-length", type=int,
                    help="lengthen --model's text context to this many tokens (Chinese needs ~3 BPE tokens a character)")
+    m.add_argument("--lock-english", action="store_true",
+                   help="teach an English open_clip model a language written outside ASCII (Chinese) without changing "
+                        "anything English uses: only the embeddings of the tokens ASCII text never produces train, so "
+                        "images and English texts embed bit for bit as before")
     m.add_argument("--lock-image", action="store_true",
                    help="freeze the image tower (and its batch-norm statistics) and train only the text side, as "
                         "LiT does: new captions or a new language map into the space the image tower already has")

@@ -1,5 +1,6 @@
 """CLIP training: the loss, learning, checkpoint/resume, CSV input and its errors, the CLI, the shipped model."""
 
+import copy
 import dataclasses
 import math
 
@@ -202,3 +203,28 @@ def test_lock_image_trains_only_the_text_side_and_keeps_batch_norm_statistics():
     assert any("running_mean" in key for key in visual)
     assert all(torch.equal(before[key], after[key]) for key in visual)
     assert not torch.equal(before["token_embedding.weight"], after["token_embedding.weight"])
+
+
+def test_lock_english_teaches_chinese_and_keeps_every_english_and_image_embedding_bit_for_bit():
+    """--lock-english: only the embeddings of tokens ASCII text never produces learn, so the image tower and every
+    English text embed exactly as before, while Chinese texts move."""
+    config = micro_config(model_config=None, model="shapes-tiny", shapes=True, chinese_share=0.5, steps=3,
+                          batch_size=4, lr=1e-2, lock_english=True, eval_every=2, eval_count=4)
+    start = copy.deepcopy(tc.build_model(config))  # a copy: load_clip may hand the trainer the same object
+    result = tc.train(config)
+    before, after = start.model.state_dict(), result.clip.model.state_dict()
+    learnt = tc.english_free_tokens(start)
+    changed = [key for key in before if not torch.equal(before[key], after[key])]
+    assert changed == ["token_embedding.weight"]
+    rows_changed = (before["token_embedding.weight"] != after["token_embedding.weight"]).any(dim=1).nonzero().flatten()
+    assert len(rows_changed) > 0 and set(rows_changed.tolist()) <= set(learnt.tolist())
+    assert not any(token in learnt for token in start.tokenize(["a red circle on the left, 'quoted' & 7!"])[0])
+    with torch.no_grad():
+        english = ["a red circle", "a photo of a blue square on the right."]
+        assert torch.equal(start.encode_text(english), result.clip.encode_text(english))
+        assert not torch.equal(start.encode_text(["红色的圆"]), result.clip.encode_text(["红色的圆"]))
+
+
+def test_lock_english_refuses_a_new_model_in_one_line():
+    with pytest.raises(InvalidInputError, match="--lock-english teaches a trained English model"):
+        tc.train(micro_config(lock_english=True, shapes=True))
