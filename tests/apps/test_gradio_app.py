@@ -220,6 +220,22 @@ def test_guided_diffusion_runs_on_the_shipped_shapes_ddpm(app):
     assert Image.open(final[FILES][0]).size == (32, 32)
 
 
+@pytest.mark.slow
+def test_a_chinese_prompt_with_the_bilingual_clip_gives_its_colour(app):
+    """The app passes Chinese through to the shipped bilingual CLIP: 一个红色的圆形 gives red (pixel judge) for most
+    seeds, and the recipe's command quotes the prompt so that it reruns."""
+    from training.colour_stats import dominant_colour
+
+    finals = [last_outputs(generate(app, "一个红色的圆形", clip_models=["shapes-tiny-zh"], steps=100, cutn=16, seed=seed))
+              for seed in (0, 1, 2)]
+    found = [dominant_colour(Image.open(final[FILES][0])) for final in finals]
+    assert found.count("red") >= 2, found
+    recipe = read_recipe(finals[0][FILES][0])
+    assert recipe["prompt"] == "一个红色的圆形" and recipe["clip_models"] == ["shapes-tiny-zh:1"]
+    assert recipe["command"].startswith("python -m pipelines.vqgan_clip '一个红色的圆形' --vqgan shapes-tiny "
+                                         "--clip-model shapes-tiny-zh")
+
+
 def test_random_seed_is_shown_and_recorded(app):
     outputs = list(generate(app, steps=1, seed=None, random_seed=True))
     shown = [o[SEED] for o in outputs if isinstance(o[SEED], int)]

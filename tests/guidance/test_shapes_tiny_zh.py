@@ -39,3 +39,14 @@ def test_a_chinese_prompt_pulls_towards_its_scene(clip):
     with torch.no_grad():
         red, blue = loss(images, reduction="none").tolist()
     assert red < blue
+
+
+def test_images_and_english_embed_as_with_shapes_tiny(clip):
+    """Trained with --lock-english: the image tower and every English text are shapes-tiny's, so English prompts
+    guide exactly as they do with shapes-tiny, and Chinese ones follow the same image space."""
+    english = load_clip("shapes-tiny")
+    images = rendered(["a red circle", "a blue square on the left", "a yellow star"])
+    texts = ["a red circle", "a photo of a blue square.", "a yellow star on the right"]
+    with torch.no_grad():
+        assert torch.equal(clip.encode_image(images), english.encode_image(images))
+        assert torch.allclose(clip.encode_text(texts), english.encode_text(texts), atol=1e-5)
