@@ -74,6 +74,8 @@ class CLIPEncoder(nn.Module, abc.ABC):
     def text_features(self, texts: list[str]) -> torch.Tensor:
         """Embeddings (len(texts), embed_dim), not yet unit-normed, of a checked, non-empty list of strings."""
 
+    saves_to_folder: bool = False  # `save` writes a folder (a path without suffix), not one weights file
+
     def save(self, path: str | Path) -> Path:
         """Save the model so that `load_clip(path)` restores it; backends that cannot be saved refuse in one line."""
         raise InvalidInputError(f"cannot save CLIP model '{self.name}': its backend ({type(self).__name__}) "

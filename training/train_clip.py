@@ -344,14 +344,24 @@ def build_optimisation(clip: CLIPEncoder, config: TrainConfig) -> Optimisation:
 
 
 def save_checkpoint(directory: str | Path, clip: CLIPEncoder, optimisation: Optimisation, step: int) -> Path:
-    """Write `directory/step-N` in the shared layout, its `model.safetensors` loadable by load_clip."""
-    return core.save_checkpoint(directory, step, lambda path: save_clip(clip, path), optimisation)
+    """Write `directory/step-N` in the shared layout, its `model.safetensors` (a transformers model: the folder
+    `model`) loadable by load_clip."""
+    return core.save_checkpoint(directory, step, lambda path: save_clip(clip, checkpoint_weights(path, clip)),
+                                optimisation)
+
+
+def checkpoint_weights(path: Path, clip: CLIPEncoder | None = None) -> Path:
+    """Where a checkpoint's weights are: `path` (model.safetensors), or the folder of the same name without its
+    suffix for a model that saves into a folder (`clip` given: where to write; else where they were written)."""
+    folder = path.with_suffix("")
+    writes_folder = clip.saves_to_folder if clip is not None else folder.is_dir() and not path.exists()
+    return folder if writes_folder else path
 
 
 def load_checkpoint(path: str | Path, config: TrainConfig) -> tuple[CLIPEncoder, Optimisation, int]:
     """Restore model, optimisation, step and torch RNG from a checkpoint (or the latest in a directory)."""
     folder = require_checkpoint(path)
-    clip = load_clip(str(folder / WEIGHTS_FILE), device=config.device)
+    clip = load_clip(str(checkpoint_weights(folder / WEIGHTS_FILE)), device=config.device)
     _make_trainable(clip, config)
     optimisation = build_optimisation(clip, config)
     state = restore(folder, optimisation)

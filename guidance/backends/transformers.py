@@ -33,6 +33,8 @@ class TransformersCLIPEncoder(CLIPEncoder):
     """A transformers two-tower model as a CLIPEncoder; `.model` is the transformers model, `.tokenizer` its
     tokenizer, `.image_processor` the processor whose size, mean and std the shared preprocessing uses."""
 
+    saves_to_folder = True
+
     def __init__(self, model: nn.Module, tokenizer: Any, image_processor: Any, name: str):
         config = model.config
         image_size, mean, std = processor_settings(image_processor, name)

@@ -5,8 +5,6 @@ the real ones come from the hub; and the one-line error when the hub is out of r
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
 from pathlib import Path
 
 import open_clip
@@ -14,14 +12,10 @@ import pytest
 import torch
 import transformers
 
+import transformers_models as tiny_models  # tests/helpers
 from guidance import ModelUnavailableError, load_clip, zero_shot_classify
 from guidance.clip_models import clip_source
 
-_spec = importlib.util.spec_from_file_location("transformers_models", Path(__file__).with_name("transformers_models.py"))
-tiny_models = sys.modules.get("transformers_models") or importlib.util.module_from_spec(_spec)
-if "transformers_models" not in sys.modules:
-    sys.modules["transformers_models"] = tiny_models
-    _spec.loader.exec_module(tiny_models)
 
 MODELS = ["xlm-roberta-base-ViT-B-32", "nllb-clip-base", "nllb-clip-base-siglip"]
 TEXT_TOWER = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}

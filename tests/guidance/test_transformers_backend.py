@@ -3,11 +3,9 @@ checked against the models' own get_image_features / get_text_features, in losse
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +14,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import transformers_models as tiny_models  # tests/helpers
 from guidance import (CLIPLoss, DirectionalCLIPLoss, InvalidInputError, MakeCutouts, ModelUnavailableError, load_clip,
                       save_clip, zero_shot_classify)
 from guidance.backends.transformers import MODEL_CLASSES, TransformersCLIPEncoder
 from guidance.clip_models import clip_source, parse_clip_spec
 
-_spec = importlib.util.spec_from_file_location("transformers_models", Path(__file__).with_name("transformers_models.py"))
-tiny_models = importlib.util.module_from_spec(_spec)
-sys.modules["transformers_models"] = tiny_models
-_spec.loader.exec_module(tiny_models)
 
 KINDS = list(tiny_models.BUILDERS)
 TEXTS = ["a red circle", "the photo of a blue square", "一个红色的圆形"]

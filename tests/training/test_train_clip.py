@@ -228,3 +228,22 @@ def test_lock_english_teaches_chinese_and_keeps_every_english_and_image_embeddin
 def test_lock_english_refuses_a_new_model_in_one_line():
     with pytest.raises(InvalidInputError, match="--lock-english teaches a trained English model"):
         tc.train(micro_config(lock_english=True, shapes=True))
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_a_transformers_model_fine_tunes_checkpoints_resumes_and_saves(tmp_path, kind):
+    """A save_pretrained folder fine-tunes like an open_clip model: its checkpoints hold a save_pretrained folder,
+    a resumed run continues from them, and --out is a folder that load_clip reads back."""
+    import transformers_models as tiny_models  # tests/helpers
+
+    folder = tiny_models.save_tiny_model(kind, tmp_path / kind)
+    config = micro_config(model_config=None, model=str(folder), shapes=True, steps=2, batch_size=4,
+                          checkpoint_dir=str(tmp_path / "runs"), checkpoint_every=1, out=str(tmp_path / "tuned"))
+    tc.train(config)
+    checkpoint = core.find_checkpoint(tmp_path / "runs")
+    assert (checkpoint / "model" / "config.json").is_file() and not (checkpoint / core.WEIGHTS_FILE).exists()
+    resumed = tc.train(dataclasses.replace(config, steps=3, resume=str(tmp_path / "runs"), out=None))
+    assert len(resumed.losses) == 1
+    tuned = load_clip(str(tmp_path / "tuned"))
+    assert type(tuned).__name__ == "TransformersCLIPEncoder"
+    assert tuned.encode_text(["a red circle"]).shape == (1, tuned.embed_dim)
