@@ -21,6 +21,7 @@ from ..encoder import CLIPEncoder, check_texts
 from ..errors import InvalidInputError, ModelUnavailableError, first_line
 from ..network import HUB_HOST, host_reachable, hub_offline
 from . import ClipRequest, is_checkpoint_file
+from .fast_vit import speed_up_image_tower
 
 
 class OpenCLIPEncoder(CLIPEncoder):
@@ -36,6 +37,7 @@ class OpenCLIPEncoder(CLIPEncoder):
                          int(getattr(model, "context_length", 77)))
         self.model = model.float().eval().requires_grad_(False)
         sequence_first(getattr(model.visual, "transformer", None))
+        speed_up_image_tower(model.visual)
         self.tokenizer = tokenizer
         self.config = config
 
