@@ -105,10 +105,12 @@ class Optimisation:
 
     def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int, steps: int, grad_clip: float,
                  final_lr_share: float = 0.0) -> None:
-        """Schedule `optimizer`'s learning rate over `steps` steps (`warmup_cosine`); clip at `grad_clip` (0: off)."""
+        """Schedule `optimizer`'s learning rate over `steps` steps (`warmup_cosine`); clip at `grad_clip` (0: off).
+        `scaler` (set after construction): the fp16 loss scaler of accelerate's mixed precision, or None."""
         self.optimizer = optimizer
         self.schedule = warmup_cosine(optimizer, warmup_steps, steps, final_lr_share)
         self.grad_clip = grad_clip
+        self.scaler: torch.amp.GradScaler | None = None
 
     @property
     def lr(self) -> float:
@@ -120,27 +122,36 @@ class Optimisation:
         gradient norm, step, and advance the schedule.
 
         A step whose gradient is not finite (a NaN or infinite loss included) is skipped, so that one bad batch
-        cannot turn every weight into NaN; the schedule advances all the same. Returns whether the step was taken."""
+        cannot turn every weight into NaN; the schedule advances all the same. Returns whether the step was taken.
+        With a loss scaler the scaled gradients are averaged first, so every process sees the same overflow."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
         average_gradients(parameters)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(parameters, self.grad_clip if self.grad_clip else math.inf)
         taken = bool(torch.isfinite(norm))
-        if taken:
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skips the step itself when the unscaled gradient is not finite
+            self.scaler.update()
+        elif taken:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.schedule.step()
         return taken
 
     def state_dict(self) -> dict[str, Any]:
-        """The optimiser's and the schedule's state, for a checkpoint."""
-        return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
+        """The optimiser's, the schedule's and the loss scaler's state, for a checkpoint."""
+        scaler = {"scaler": self.scaler.state_dict()} if self.scaler is not None else {}
+        return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(), **scaler}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict` returned."""
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
 
 
 class EMA(EMAModel):

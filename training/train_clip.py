@@ -22,16 +22,18 @@ CLI: python -m training.train_clip --shapes --steps 2400 --checkpoint-dir runs/c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, ContextManager, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -51,6 +53,7 @@ from training.core import (EVAL_SEED, WEIGHTS_FILE, Optimisation, OptimisationCo
                            require_checkpoint, restore, run_steps, start_data_parallel, train_or_exit)
 
 MAX_LOGIT_SCALE = 100.0
+MIXED_PRECISIONS = ("no", "bf16", "fp16")
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.", "a picture of a {}.", "a {}.")
 
 # A CLIP-style ResNet (conv nets learn shapes from little data much faster than tiny ViTs) and a narrow text
@@ -82,6 +85,7 @@ class TrainConfig(OptimisationConfig):
     augment_share: float = 1.0
     lock_image: bool = False
     lock_english: bool = False
+    mixed_precision: str = "no"
     chinese_share: float = 0.0
     context_length: int | None = None
     eval_every: int = 0
@@ -358,12 +362,15 @@ def checkpoint_weights(path: Path, clip: CLIPEncoder | None = None) -> Path:
     return folder if writes_folder else path
 
 
-def load_checkpoint(path: str | Path, config: TrainConfig) -> tuple[CLIPEncoder, Optimisation, int]:
-    """Restore model, optimisation, step and torch RNG from a checkpoint (or the latest in a directory)."""
+def load_checkpoint(path: str | Path, config: TrainConfig, scaler: torch.amp.GradScaler | None = None
+                    ) -> tuple[CLIPEncoder, Optimisation, int]:
+    """Restore model, optimisation (with `scaler`, fp16's loss scaler), step and torch RNG from a checkpoint (or
+    the latest in a directory)."""
     folder = require_checkpoint(path)
     clip = load_clip(str(checkpoint_weights(folder / WEIGHTS_FILE)), device=config.device)
     _make_trainable(clip, config)
     optimisation = build_optimisation(clip, config)
+    optimisation.scaler = scaler
     state = restore(folder, optimisation)
     return clip, optimisation, int(state["step"])
 
@@ -443,24 +450,55 @@ def _check_config(config: TrainConfig) -> None:
         raise InvalidInputError(f"--augment-share must be between 0 and 1, got {config.augment_share}")
 
 
-def train_step(clip: CLIPEncoder, optimisation: Optimisation, images: torch.Tensor, captions: Sequence[str]) -> float:
+def train_step(clip: CLIPEncoder, optimisation: Optimisation, images: torch.Tensor, captions: Sequence[str],
+               autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> float:
     """One optimisation step on a batch (skipped when its gradient is not finite); returns the loss before it.
-    Under data parallel the loss is over every process's features (the global batch)."""
-    loss = contrastive_loss(gather_with_grad(clip.encode_image(images)),
-                            gather_with_grad(clip.encode_text(list(captions))), clip.model.logit_scale)
+    The encoders run under `autocast` (mixed precision), the loss in fp32. Under data parallel the loss is over
+    every process's features (the global batch)."""
+    with autocast():
+        image_features, text_features = clip.encode_image(images), clip.encode_text(list(captions))
+    loss = contrastive_loss(gather_with_grad(image_features.float()), gather_with_grad(text_features.float()),
+                            clip.model.logit_scale)
     if optimisation.step(loss):
         with torch.no_grad():
             clip.model.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
     return loss.item()
 
 
-def _start(config: TrainConfig) -> tuple[CLIPEncoder, Optimisation, int]:
-    """The model, its optimisation and the first step: from the checkpoint to resume, or new."""
+def _start(config: TrainConfig, scaler: torch.amp.GradScaler | None) -> tuple[CLIPEncoder, Optimisation, int]:
+    """The model, its optimisation (with fp16's loss scaler) and the first step: from the checkpoint to resume, or
+    new."""
     if config.resume:
-        return load_checkpoint(config.resume, config)
+        return load_checkpoint(config.resume, config, scaler)
     clip = build_model(config)
     _make_trainable(clip, config)
-    return clip, build_optimisation(clip, config), 0
+    optimisation = build_optimisation(clip, config)
+    optimisation.scaler = scaler
+    return clip, optimisation, 0
+
+
+@dataclass
+class MixedPrecision:
+    """The run's mixed precision: autocast around the encoders and, for fp16, a loss scaler (None otherwise)."""
+
+    autocast: Callable[[], ContextManager]
+    scaler: torch.amp.GradScaler | None
+
+
+def mixed_precision(config: TrainConfig) -> MixedPrecision:
+    """The mixed precision `--mixed-precision` asks for; its default is what `accelerate launch --mixed_precision`
+    (or `accelerate config`) chose for the run."""
+    if config.mixed_precision not in MIXED_PRECISIONS:
+        raise InvalidInputError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISIONS)}, got "
+                                f"{config.mixed_precision!r}")
+    device_type = torch.device(config.device).type
+    if config.mixed_precision == "no":
+        return MixedPrecision(contextlib.nullcontext, None)
+    if config.mixed_precision == "fp16" and device_type != "cuda":
+        raise InvalidInputError("--mixed-precision fp16 needs a CUDA GPU (its loss scaler); use bf16 on the CPU")
+    dtype = torch.float16 if config.mixed_precision == "fp16" else torch.bfloat16
+    scaler = torch.amp.GradScaler(device_type) if dtype == torch.float16 else None
+    return MixedPrecision(lambda: torch.autocast(device_type, dtype=dtype), scaler)
 
 
 @on_threads
@@ -473,7 +511,8 @@ def train(config: TrainConfig) -> TrainResult:
     if not first:
         config = dataclasses.replace(config, progress=False, eval_every=0)
     started = time.perf_counter()
-    clip, optimisation, start = _start(config)
+    precision = mixed_precision(config)
+    clip, optimisation, start = _start(config, precision.scaler)
     batches = iter(_training_data(config, config.image_size or clip.image_size, start))
     augment = Augment(config.augment)
     result = TrainResult(clip)
@@ -485,7 +524,7 @@ def train(config: TrainConfig) -> TrainResult:
         augmented = round(len(images) * config.augment_share)
         if augmented:
             images = torch.cat([augment(images[:augmented]), images[augmented:]])
-        loss = train_step(clip, optimisation, images, captions)
+        loss = train_step(clip, optimisation, images, captions, precision.autocast)
         result.losses.append(loss)
         return {"loss": f"{loss:.3f}", "scale": f"{clip.model.logit_scale.exp().item():.1f}"}
 
@@ -560,6 +599,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_optimisation_arguments(o, d)
     o.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay on weight matrices")
     o.add_argument("--device", default=d.device, help="torch device")
+    o.add_argument("--mixed-precision", choices=MIXED_PRECISIONS,
+                   default=os.environ.get("ACCELERATE_MIXED_PRECISION", d.mixed_precision),
+                   help="mixed precision: the encoders under bf16 or fp16 autocast (fp16 with a loss scaler, CUDA "
+                        "only); `accelerate launch --mixed_precision` (or `accelerate config`) sets the default")
     e = p.add_argument_group("evaluation")
     e.add_argument("--eval-every", type=int, default=d.eval_every, help="evaluate every N steps (0: only at the end)")
     e.add_argument("--eval-count", type=int, default=d.eval_count, help="held-out shape images per evaluation")

@@ -54,6 +54,24 @@ def test_a_non_finite_step_is_skipped_and_the_schedule_advances() -> None:
     assert optimisation.step(loss_of(optimisation)) and not torch.equal(weights, before)
 
 
+def test_a_loss_scaler_scales_unscales_skips_overflows_and_checkpoints() -> None:
+    """fp16's loss scaler (a GradScaler): the step is the unscaled one, an overflow is skipped and halves
+    the scale, and the scaler's state goes into the checkpoint state."""
+    plain, scaled = linear_optimisation(warmup_steps=0, lr=0.1), linear_optimisation(warmup_steps=0, lr=0.1)
+    scaled.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    assert plain.step(loss_of(plain)) and scaled.step(loss_of(scaled))
+    weights = [o.optimizer.param_groups[0]["params"][0] for o in (plain, scaled)]
+    assert torch.allclose(weights[0], weights[1])
+    before = weights[1].detach().clone()
+    assert not scaled.step(loss_of(scaled, math.inf))
+    assert torch.equal(weights[1], before) and scaled.scaler.get_scale() == 2.0 ** 7
+    state = scaled.state_dict()
+    restored = linear_optimisation(warmup_steps=0, lr=0.1)
+    restored.scaler = torch.amp.GradScaler("cpu")
+    restored.load_state_dict(state)
+    assert restored.scaler.get_scale() == 2.0 ** 7
+
+
 def test_gradient_norm_is_clipped() -> None:
     optimisation = linear_optimisation(warmup_steps=0, lr=1.0)
     weights = optimisation.optimizer.param_groups[0]["params"][0]

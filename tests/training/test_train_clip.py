@@ -247,3 +247,14 @@ def test_a_transformers_model_fine_tunes_checkpoints_resumes_and_saves(tmp_path,
     tuned = load_clip(str(tmp_path / "tuned"))
     assert type(tuned).__name__ == "TransformersCLIPEncoder"
     assert tuned.encode_text(["a red circle"]).shape == (1, tuned.embed_dim)
+
+
+def test_bf16_mixed_precision_trains_with_the_fp32_loss_and_fp16_on_the_cpu_is_refused():
+    """bf16 autocast around the encoders: the first loss is fp32's within bf16's precision, and the run
+    learns; fp16 needs a GPU's loss scaler, refused in one line on the CPU."""
+    config = micro_config(shapes=True, steps=6, batch_size=8, lr=3e-3)
+    full, mixed = tc.train(config), tc.train(dataclasses.replace(config, mixed_precision="bf16"))
+    assert mixed.losses[0] == pytest.approx(full.losses[0], rel=2e-2)
+    assert all(math.isfinite(loss) for loss in mixed.losses) and mixed.losses[-1] < mixed.losses[0]
+    with pytest.raises(InvalidInputError, match="fp16 needs a CUDA GPU"):
+        tc.train(dataclasses.replace(config, mixed_precision="fp16"))
