@@ -662,7 +662,7 @@ def main(argv: list[str]) -> int:
 # Options of the per-step sampler that noise optimisation does not use.
 SAMPLER_ONLY = ("scheduler", "eta", "skip_steps", "edit_strength", "clip_scale", "tv_scale", "range_scale",
                 "clamp_grad", "guide_from", "guide_until", "guide_every", "guidance_schedule", "recurrence",
-                "recurrence_range", "backward_steps", "backward_lr", "inversion_steps", "inversion_refine", "num_images",
+                "recurrence_range", "backward_steps", "backward_lr", "inversion_steps", "inversion_refine",
                 "finetune_steps", "save_model")
 
 
@@ -705,9 +705,11 @@ def noise_main(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: 
         if getattr(args, name) != parser.get_default(name):
             raise InvalidInputError(f"--{name.replace('_', '-')} applies to --method sampler, not noise")
     check_count("--iterations", args.iterations, 1, MAX_STEPS)
+    check_count("--num-images", args.num_images, 1, MAX_IMAGES)
     if args.init_image and len(args.init_image) > 1:
         raise InvalidInputError("--method noise edits one image at a time; give one --init-image")
-    check_cli_outputs([output], args.video)
+    paths = output_paths(output, args.num_images)
+    check_cli_outputs(paths, args.video)
     seed = resolve_seed(args.seed)
     pipe = CLIPGuidedDiffusionPipeline.from_pretrained(args.model, args.clip_model, args.device)
     steps = parser.parse_args(argv, argparse.Namespace(steps=None)).steps  # None unless given: the model's default
@@ -716,15 +718,16 @@ def noise_main(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: 
                            [*argv, *([] if args.seed is not None else ["--seed", str(seed)])])
 
     def save_progress(step: int, images: torch.Tensor) -> None:
-        save_partial(images, [output], command, step)
+        save_partial(images, paths, command, step)
 
-    result = noise(args.prompt, steps=args.iterations, seed=seed, cutn=args.cutn, cut_pow=args.cut_pow,
+    result = noise(args.prompt, steps=args.iterations, seed=seed, num_images=args.num_images, cutn=args.cutn,
+                   cut_pow=args.cut_pow,
                    augment=args.augment, init_image=args.init_image[0] if args.init_image else None,
                    init_weight=args.init_weight, mask=args.mask, source_text=args.source_text,
                    precision=args.precision, save_every=args.save_every, callback=save_progress,
                    **({"size": args.size} if args.size is not None else {}))
     result.recipe.update(method="noise", sampler_steps=len(noise.generator.timesteps))
-    return finish_cli(result, [output], command, args.video)
+    return finish_cli(result, paths, command, args.video)
 
 
 SPEC = PipelineSpec(name="clip_guided_diffusion", title="CLIP-guided diffusion",

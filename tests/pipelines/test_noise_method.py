@@ -3,6 +3,9 @@ shared latent-optimisation loop, and one clear line for bad input."""
 
 from __future__ import annotations
 
+import shlex
+
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -62,6 +65,20 @@ def test_noise_method_cli_writes_the_best_image_with_its_recipe(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_noise_method_makes_a_batch_and_image_2_is_remade_by_its_recipe_command(tmp_path):
+    base = ["a red circle", "--method", "noise", "--steps", "2", "--iterations", "3", "--cutn", "4", "--seed", "3",
+            *SHAPES, "--save-every", "0"]
+    assert main([*base, "--num-images", "2", "-o", str(tmp_path / "b.png")]) == 0
+    first, second = read_recipe(tmp_path / "b-1.png"), read_recipe(tmp_path / "b-2.png")
+    assert (first["index"], second["index"], second["num_images"], second["method"]) == (1, 2, 2, "noise")
+    args = shlex.split(second["command"])[3:]
+    args[args.index("-o") + 1] = str(tmp_path / "again.png")
+    assert main(args) == 0
+    pixels = [np.asarray(Image.open(tmp_path / name), dtype=int) for name in ("b-1.png", "b-2.png", "again-2.png")]
+    assert np.abs(pixels[1] - pixels[2]).max() <= 1 and np.abs(pixels[0] - pixels[1]).max() > 1
+
+
 def test_best_step_returns_the_image_of_the_lowest_loss():
     pipe = CLIPGuidedDiffusionPipeline.from_pretrained("shapes-tiny", ["shapes-tiny"], device="cpu")
     noise = NoiseOptimizationPipeline.on(pipe, "a blue square", steps=1)
