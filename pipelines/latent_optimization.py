@@ -172,8 +172,8 @@ class LatentOptimizationPipeline:
                                    self.model_name)
         clip_size = max(m.image_size for m, _ in self.clip_models)
         what = f"{self.name} at {width}x{height} with {cutn} cutouts" + (f", {num_images} images" if num_images > 1 else "")
-        check_memory(estimate_run_bytes(width, height, cutn, clip_size, num_images, self.memory_profile, cutn_batches),
-                     self.device, what, "--cutn (--cutn-batches keeps memory flat), --num-images or --size")
+        check_memory(estimate_run_bytes(width, height, cutn, clip_size, num_images, self.memory_profile, cutn_batches,
+                                        precision), self.device, what, "--cutn (--cutn-batches keeps memory flat), --num-images or --size")
         torch.manual_seed(seed)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         # 2. Prepare the inputs and the loss (targets are embedded once, here).

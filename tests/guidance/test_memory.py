@@ -67,3 +67,8 @@ def test_the_estimate_grows_with_cutouts_size_and_batch():
     assert estimate_run_bytes(256, 256, 32, 224, batch=2) == 2 * base
     assert estimate_run_bytes(256, 256, 32, 224, generator="unknown") == estimate_run_bytes(256, 256, 32, 224,
                                                                                             generator="diffusion")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_halves_the_activation_estimate(precision):
+    assert estimate_run_bytes(256, 256, 32, 224, precision=precision) == round(estimate_run_bytes(256, 256, 32, 224) / 2)
