@@ -52,6 +52,7 @@ from pipelines.common import (DEFAULT_CLIP, InitImages, PipelineOutput, StepCall
                               clean_recipe, command_line, directional_target, edit_mode, finish_cli, frame_of,
                               load_edit_inputs, output_paths, parse_size, round_size, run_cli, save_partial)
 from pipelines.latent_optimization import LatentOptimizationPipeline
+from pipelines.ranking import ranking_for
 from pipelines.registry import PipelineSpec
 
 if TYPE_CHECKING:
@@ -271,11 +272,14 @@ class CLIPGuidedDiffusionPipeline:
                  augment: str = "default", init_image: InitImages | None = None, init_weight: float | None = None,
                  mask: str | Path | torch.Tensor | None = None, source_text: str | None = None,
                  inversion_steps: int | None = None, inversion_refine: int = 0, precision: str = "auto",
-                 num_images: int = 1, save_every: int = 50, callback: StepCallback | None = None,
+                 num_images: int = 1, keep_best: int | None = None, judge_model: str | None = None,
+                 save_every: int = 50, callback: StepCallback | None = None,
                  progress: bool = True) -> PipelineOutput:
         """Generate (or edit) images; returns them with the history. Ctrl-C ends early and keeps the last estimate.
 
-        `num_images` images are sampled together as one batch from the seed's noise (generation only)."""
+        `num_images` images are sampled together as one batch from the seed's noise (generation only); `keep_best`
+        K returns the K of highest CLIP score against the prompt, best first (`judge_model`, default: the guiding
+        models, which is optimistic)."""
         # 1. Check inputs: settle the plan and the guidance before any work, then seed the run.
         check_precision(precision, self.device)
         prompt, source_text, edit_strength = self._finetuned_edit(prompt, init_image, mask, source_text, skip_steps,
@@ -296,6 +300,10 @@ class CLIPGuidedDiffusionPipeline:
         if num_images > 1 and init_image is not None:
             raise InvalidInputError("--num-images samples several images from noise; an edit makes one per "
                                     "--init-image")
+        if keep_best is not None and init_image is not None:
+            raise InvalidInputError("--keep-best ranks the images of --num-images; an edit makes one per --init-image")
+        ranking = ranking_for(prompt, num_images, keep_best, judge_model, [m for m, _ in self.clip_models],
+                              self.device)
         cutouts = MakeCutouts(max((m.image_size for m, _ in self.clip_models), default=224), cutn=cutn, cut_pow=cut_pow,
                               augment=augment)
         seed, size, init, mask_tensor = self.prepare_run(seed, size, init_image, mask)
@@ -321,10 +329,11 @@ class CLIPGuidedDiffusionPipeline:
         recipe = self._recipe(prompt, run, seed, guidance, cutouts, init_image, mask)
         recipe.update(steps_done=denoised.steps_done, interrupted=denoised.interrupted,
                       seconds=round(time.perf_counter() - started, 2))
-        images = [tensor_to_pil(final[i:i + 1]) for i in range(final.shape[0])]
-        own = [{"num_images": num_images, "index": k, "seed": seed} for k in range(1, num_images + 1)]
-        return PipelineOutput(images, denoised.history, denoised.frames + [frame_of(final)], recipe,
-                              denoised.interrupted, own if num_images > 1 else [])
+        own = [{"num_images": num_images, "index": k, "seed": seed} for k in range(1, final.shape[0] + 1)]
+        order = ranking.best(final, prompt, own) if ranking is not None else list(range(final.shape[0]))
+        images = [tensor_to_pil(final[k:k + 1]) for k in order]
+        return PipelineOutput(images, denoised.history, denoised.frames + [frame_of(final[order])], recipe,
+                              denoised.interrupted, [own[k] for k in order] if num_images > 1 else [])
 
     # --- 1. checking the inputs -------------------------------------------------------------------------------
 
@@ -626,8 +635,10 @@ def main(argv: list[str]) -> int:
         raise InvalidInputError("--save-model saves a fine-tuned model; add --finetune-steps N")
     if args.finetune_steps and args.skip_steps is not None:
         raise InvalidInputError("fine-tuning sets its start step with --edit-strength, not --skip-steps")
-    paths = output_paths(output, len(args.init_image) if args.init_image else args.num_images)
-    check_cli_outputs(paths, args.video)
+    count = len(args.init_image) if args.init_image else args.num_images
+    paths = output_paths(output, args.keep_best or count)  # the kept images, best first
+    running = output_paths(output, count)  # the partial saves of all images
+    check_cli_outputs(list(dict.fromkeys([*paths, *running])), args.video)
     if args.save_model:
         check_folder(args.save_model, "--save-model folder")
     seed = resolve_seed(args.seed)
@@ -640,7 +651,7 @@ def main(argv: list[str]) -> int:
             return 130
 
     def save_progress(step: int, images: torch.Tensor) -> None:
-        save_partial(images, paths, command, step)
+        save_partial(images, running, command, step)
 
     result = pipe(args.prompt, size=args.size, steps=args.steps, seed=seed, scheduler=args.scheduler, eta=args.eta,
                   skip_steps=args.skip_steps, edit_strength=args.edit_strength, clip_scale=args.clip_scale,
@@ -652,9 +663,10 @@ def main(argv: list[str]) -> int:
                   init_image=args.init_image, init_weight=args.init_weight, mask=args.mask,
                   source_text=args.source_text, inversion_steps=args.inversion_steps,
                   inversion_refine=args.inversion_refine, precision=args.precision, num_images=args.num_images,
-                  save_every=args.save_every, callback=save_progress)
+                  keep_best=args.keep_best, judge_model=args.judge_model, save_every=args.save_every,
+                  callback=save_progress)
     own = [{"init_image": path} for path in args.init_image] if args.init_image else ()
-    return finish_cli(result, paths, command, args.video, own)
+    return finish_cli(result, paths, command, args.video, own, running)
 
 
 # --- noise optimisation (--method noise) ------------------------------------------------------------------------
@@ -708,8 +720,9 @@ def noise_main(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: 
     check_count("--num-images", args.num_images, 1, MAX_IMAGES)
     if args.init_image and len(args.init_image) > 1:
         raise InvalidInputError("--method noise edits one image at a time; give one --init-image")
-    paths = output_paths(output, args.num_images)
-    check_cli_outputs(paths, args.video)
+    paths = output_paths(output, args.keep_best or args.num_images)  # the kept images, best first
+    running = output_paths(output, args.num_images)  # the partial saves of all images
+    check_cli_outputs(list(dict.fromkeys([*paths, *running])), args.video)
     seed = resolve_seed(args.seed)
     pipe = CLIPGuidedDiffusionPipeline.from_pretrained(args.model, args.clip_model, args.device)
     steps = parser.parse_args(argv, argparse.Namespace(steps=None)).steps  # None unless given: the model's default
@@ -718,16 +731,17 @@ def noise_main(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: 
                            [*argv, *([] if args.seed is not None else ["--seed", str(seed)])])
 
     def save_progress(step: int, images: torch.Tensor) -> None:
-        save_partial(images, paths, command, step)
+        save_partial(images, running, command, step)
 
-    result = noise(args.prompt, steps=args.iterations, seed=seed, num_images=args.num_images, cutn=args.cutn,
+    result = noise(args.prompt, steps=args.iterations, seed=seed, num_images=args.num_images,
+                   keep_best=args.keep_best, judge_model=args.judge_model, cutn=args.cutn,
                    cut_pow=args.cut_pow,
                    augment=args.augment, init_image=args.init_image[0] if args.init_image else None,
                    init_weight=args.init_weight, mask=args.mask, source_text=args.source_text,
                    precision=args.precision, save_every=args.save_every, callback=save_progress,
                    **({"size": args.size} if args.size is not None else {}))
     result.recipe.update(method="noise", sampler_steps=len(noise.generator.timesteps))
-    return finish_cli(result, paths, command, args.video)
+    return finish_cli(result, paths, command, args.video, running=running)
 
 
 SPEC = PipelineSpec(name="clip_guided_diffusion", title="CLIP-guided diffusion",

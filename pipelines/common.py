@@ -227,14 +227,16 @@ def save_partial(images: torch.Tensor, paths: Sequence[Path], command: str, step
 
 
 def finish_cli(result: PipelineOutput, paths: Sequence[Path], command: str, video: str | None,
-               own: Sequence[dict[str, Any]] = ()) -> int:
+               own: Sequence[dict[str, Any]] = (), running: Sequence[Path] = ()) -> int:
     """The end of every pipeline CLI: save each image with its recipe (`result.recipe_of`, plus its `own` entries)
-    over its output (`output_paths`), atomically, remove its partial file, write the video and a status line;
-    returns the exit code (130 when interrupted)."""
+    over its output (`output_paths`), atomically, remove its partial file (and those of the `running` outputs
+    that --keep-best dropped), write the video and a status line; returns the exit code (130 when interrupted)."""
     replaced = [path for path in paths if path.exists()]
     try:
         for index, (image, path) in enumerate(zip(result.images, paths)):
             save_png(image, path, {**result.recipe_of(index), **(own[index] if own else {}), "command": command})
+            partial_path(path).unlink(missing_ok=True)
+        for path in running:
             partial_path(path).unlink(missing_ok=True)
         if video:
             write_video(result.frames, video)

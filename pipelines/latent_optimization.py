@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import warnings
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
@@ -37,7 +35,6 @@ from guidance.cutouts import AUGMENT_PRESETS, MakeCutouts
 from guidance.errors import InvalidInputError
 from guidance.images import load_image, tensor_to_pil
 from guidance.memory import check_memory, estimate_run_bytes
-from guidance.outputs import partial_path
 from guidance.prompts import parse_prompt, parse_prompts
 from guidance.runtime import (autocast, check_compile, explain_out_of_memory, pick_device, prepare_device,
                               resolve_precision, resolve_seed)
@@ -45,25 +42,11 @@ from guidance.validation import MAX_STEPS, check_count, check_number, check_some
 from pipelines.common import (DEFAULT_CLIP, PipelineOutput, StepCallback, check_cli_outputs, check_cutouts,
                               clean_recipe, command_line, directional_target, edit_mode, finish_cli, frame_of,
                               load_edit_inputs, output_paths, parse_size, round_size, run_cli, save_partial)
-from pipelines.clip_score import score_image
-from pipelines.zero_shot import load_judge
+from pipelines.ranking import ranking_for
 
 OPTIMIZERS = dict(zip(OPTIMIZER_NAMES, (torch.optim.Adam, torch.optim.AdamW, torch.optim.RAdam, torch.optim.SGD,
                                          partial(torch.optim.SGD, momentum=0.9, nesterov=True)),  # ReNO's optimiser
                       strict=True))
-
-
-@dataclass(frozen=True)
-class Ranking:
-    """The CLIP judges that rank a batch for `keep_best`, and the name its recipes give them."""
-
-    judges: list[CLIPEncoder]
-    label: str
-
-    def scores(self, images: torch.Tensor, prompt: str) -> list[float]:
-        """Each image's CLIP score against the prompt (`pipelines.clip_score.score_image`), averaged over the judges."""
-        return [sum(score_image(judge, images[k:k + 1].to(judge.device), prompt) for judge in self.judges)
-                / len(self.judges) for k in range(images.shape[0])]
 
 
 def backward_over_cutout_batches(loss: Callable[..., torch.Tensor], images: torch.Tensor, batches: int,
@@ -163,7 +146,8 @@ class LatentOptimizationPipeline:
         check_count("--cutn-batches", cutn_batches, 1, MAX_CUTN_BATCHES)
         if grad_clip is not None:
             check_number("--grad-clip", grad_clip, above=0)
-        ranking = self._ranking(prompt, source_text, num_images, keep_best, judge_model)
+        ranking = ranking_for(prompt, num_images, keep_best, judge_model, [m for m, _ in self.clip_models],
+                              self.device)
         if compile:
             check_compile(self.device)
         seed = resolve_seed(seed)
@@ -275,38 +259,12 @@ class LatentOptimizationPipeline:
         if best_step and history:
             for k, entry in enumerate(own):
                 entry["best_at_step"] = int(per_step[:, k].argmin()) + 1
-        order = list(range(num_images))
-        if ranking is not None:
-            scores = ranking.scores(final, prompt)
-            order = sorted(order, key=lambda k: -scores[k])[:keep_best]
-            for rank, k in enumerate(order, 1):
-                own[k].update(rank=rank, clip_score=round(scores[k], 4), judge=ranking.label)
+        order = ranking.best(final, prompt, own) if ranking is not None else list(range(num_images))
         if num_images == 1:  # one image: its entries are the run's
             recipe.update(own[0])
         return PipelineOutput([tensor_to_pil(final[k:k + 1]) for k in order], history,
                               frames + [frame_of(final[order[0]:order[0] + 1])], recipe, interrupted,
                               [own[k] for k in order] if num_images > 1 else [])
-
-    def _ranking(self, prompt: str, source_text: str | None, num_images: int, keep_best: int | None,
-                 judge_model: str | None) -> "Ranking | None":
-        """The ranking `keep_best` asks for, its judge loaded (checked before any work); None without keep_best."""
-        if keep_best is None:
-            if judge_model is not None:
-                raise InvalidInputError("--judge-model ranks the images of --keep-best; add --keep-best K")
-            return None
-        check_count("--keep-best", keep_best, 1, num_images)
-        if not (prompt and prompt.strip()) or not any(p.weight > 0 for p in parse_prompts(prompt)):
-            raise InvalidInputError("--keep-best ranks by CLIP score against the text prompt; give a text prompt "
-                                    "with a positive part")
-        if judge_model is None:
-            warnings.warn("--keep-best ranks by the guiding CLIP models, which the images were optimised for: the "
-                          "ranking is optimistic; give --judge-model another CLIP for a fairer one", stacklevel=3)
-            return Ranking([model for model, _ in self.clip_models], "guiding models")
-        judge = load_judge(judge_model, str(self.device))
-        if judge.name in {model.name for model, _ in self.clip_models}:
-            warnings.warn(f"--judge-model {judge_model} also guides the images: the ranking is optimistic",
-                          stacklevel=3)
-        return Ranking([judge], judge_model)
 
     def _compiled_generator(self) -> Any:
         """The generator's decode through torch.compile, compiled once per pipeline."""
@@ -371,10 +329,7 @@ def run_cli_main(pipeline: type[LatentOptimizationPipeline], module: str, argv: 
                   judge_model=args.judge_model, cutn_batches=args.cutn_batches, grad_clip=args.grad_clip,
                   best_step=args.best_step, precision=args.precision, compile=args.compile,
                   save_every=args.save_every, callback=save_progress)
-    code = finish_cli(result, paths, command, args.video)
-    for path in running:  # partial saves of images --keep-best dropped
-        partial_path(path).unlink(missing_ok=True)
-    return code
+    return finish_cli(result, paths, command, args.video, running=running)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,11 @@ def add_many_images_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-images", type=int, default=1,
                         help=f"images made together in one run, 1 to {MAX_IMAGES}: NAME-1.png ... NAME-N.png (image k "
                              "starts from the k-th latent drawn from --seed; the recorded command remakes them all)")
+    add_ranking_arguments(parser)
+
+
+def add_ranking_arguments(parser: argparse.ArgumentParser) -> None:
+    """--keep-best and its judge: keeping the best images of a batch by CLIP score (pipelines.ranking)."""
     parser.add_argument("--keep-best", type=int, default=None, metavar="K",
                         help="keep the K images of highest CLIP score against the prompt, best first "
                              "(NAME-1.png is the best; NAME.png if K is 1)")
@@ -178,6 +183,7 @@ def clip_guided_diffusion_parser() -> CLIParser:
     add_guidance_arguments(parser, defaults, "guided step")
     parser.add_argument("--num-images", type=int, default=defaults["num_images"],
                         help="sample N images together as one batch (NAME-1.png ... NAME-N.png; not with --init-image)")
+    add_ranking_arguments(parser)
     parser.add_argument("--init-image", action="append", default=defaults["init_image"],
                         help="start from this image and edit it; repeat to edit several (NAME-1.png, NAME-2.png, ...)")
     parser.add_argument("--init-weight", type=float, default=defaults["init_weight"],

@@ -103,3 +103,30 @@ def test_grad_clip_clips_each_image_alone():
 def test_compile_runs_on_the_tiny_models(tmp_path):
     assert vqgan_main(["a red circle", *SHAPES, "--compile", "-o", str(tmp_path / "c.png")]) == 0
     assert read_recipe(tmp_path / "c.png")["compile"] is True
+
+
+DIFFUSION = ["--model", "shapes-tiny", "--clip-model", "shapes-tiny", "--device", "cpu", "--cutn", "4",
+             "--save-every", "1"]
+
+
+@pytest.mark.parametrize("method", [["--steps", "3"], ["--method", "noise", "--steps", "2", "--iterations", "2"]],
+                         ids=["sampler", "noise"])
+def test_guided_diffusion_keeps_the_best_k_of_a_batch_and_no_partial_files(tmp_path, capsys, method):
+    from pipelines.clip_guided_diffusion import main as diffusion_main
+    from pipelines.common import run_cli
+    assert run_cli(diffusion_main, ["a red circle", *DIFFUSION, *method, "--num-images", "3", "--keep-best", "2",
+                                    "--judge-model", "shapes-tiny-zh", "-o", str(tmp_path / "k.png")]) == 0
+    recipes = [read_recipe(tmp_path / f"k-{r}.png") for r in (1, 2)]
+    assert [r["rank"] for r in recipes] == [1, 2] and recipes[0]["clip_score"] >= recipes[1]["clip_score"]
+    assert {r["judge"] for r in recipes} == {"shapes-tiny-zh"} and len({r["index"] for r in recipes}) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k-1.png", "k-2.png"]
+
+
+def test_guided_diffusion_refuses_keep_best_for_an_edit_in_one_line(tmp_path, capsys):
+    from pipelines.clip_guided_diffusion import main as diffusion_main
+    from pipelines.common import run_cli
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (32, 32), "red").save(photo)
+    assert run_cli(diffusion_main, ["a blue circle", *DIFFUSION, "--init-image", str(photo), "--keep-best", "1",
+                                    "-o", str(tmp_path / "e.png")]) == 2
+    assert "--keep-best ranks the images of --num-images" in capsys.readouterr().err
