@@ -179,6 +179,14 @@ def test_guided_diffusion_chinese_red_circle_is_red_for_most_seeds(diffusion_zh)
     assert found.count("red") >= 2, found
 
 
+def test_guided_diffusion_chinese_blue_square_at_the_cli_defaults_is_blue_for_most_seeds(diffusion_zh):
+    # At the CLI's defaults (100 steps, 32 cutouts): blue, none, blue, exactly as for "a blue square"; at the
+    # shorter settings above both languages miss (docs/shapes_models.md).
+    found = [dominant_colour(diffusion_zh("蓝色的正方形", seed=seed, progress=False, save_every=0).images[0])
+             for seed in SEEDS]
+    assert found.count("blue") >= 2, found
+
+
 def test_noise_optimisation_chinese_red_circle_is_red_for_most_seeds(diffusion_zh):
     noise = NoiseOptimizationPipeline.on(diffusion_zh, "一个红色的圆形", 4)
     found = [dominant_colour(noise("一个红色的圆形", steps=30, seed=seed, cutn=16, progress=False,
