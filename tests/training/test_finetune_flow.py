@@ -53,13 +53,9 @@ def test_finetuning_a_state_dict_on_french_captions_raises_french_zero_shot_accu
 def test_a_transformers_clip_fine_tunes_and_saves_a_folder_that_load_clip_takes(tmp_path):
     """The same flow from a save_pretrained folder (tiny random CLIPModel): trains, evaluates before and after,
     and `--out FOLDER` writes a transformers folder."""
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location(
-        "tiny_transformers", Path(__file__).parents[1] / "guidance" / "transformers_models.py")
-    tiny = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tiny)
-    folder = tiny.save_tiny_model("clip", tmp_path / "tiny")
+    import transformers_models as tiny_models  # tests/helpers
+
+    folder = tiny_models.save_tiny_model("clip", tmp_path / "tiny")
     data = world.write_dataset(tmp_path / "data", 16, seed=1, split="train", image_size=32)
     result = tc.train(tc.TrainConfig(csv=str(data), model=str(folder), steps=3, batch_size=8, lr=1e-3, warmup_steps=1,
                                      progress=False, threads=1, eval_csv=str(data), eval_label_key="colour",
