@@ -48,9 +48,9 @@ from guidance.outputs import check_folder
 from guidance.prompts import Prompt, parse_prompts
 from guidance.runtime import autocast, check_precision, explain_out_of_memory, pick_device, prepare_device, resolve_seed
 from guidance.validation import MAX_STEPS, check_count, check_some_weight
-from pipelines.common import (DEFAULT_CLIP, InitImages, PipelineOutput, StepCallback, check_cli_outputs, check_cutouts,
-                              clean_recipe, command_line, directional_target, edit_mode, finish_cli, frame_of,
-                              load_edit_inputs, output_paths, parse_size, round_size, run_cli, save_partial)
+from pipelines.common import (DEFAULT_CLIP, InitImages, PipelineOutput, StepCallback, check_batch_outputs,
+                              check_cutouts, clean_recipe, command_line, directional_target, edit_mode, finish_cli,
+                              frame_of, load_edit_inputs, parse_size, round_size, run_cli, save_partial)
 from pipelines.latent_optimization import LatentOptimizationPipeline
 from pipelines.ranking import ranking_for
 from pipelines.registry import PipelineSpec
@@ -636,9 +636,7 @@ def main(argv: list[str]) -> int:
     if args.finetune_steps and args.skip_steps is not None:
         raise InvalidInputError("fine-tuning sets its start step with --edit-strength, not --skip-steps")
     count = len(args.init_image) if args.init_image else args.num_images
-    paths = output_paths(output, args.keep_best or count)  # the kept images, best first
-    running = output_paths(output, count)  # the partial saves of all images
-    check_cli_outputs(list(dict.fromkeys([*paths, *running])), args.video)
+    paths, running = check_batch_outputs(output, count, args.keep_best, args.video)
     if args.save_model:
         check_folder(args.save_model, "--save-model folder")
     seed = resolve_seed(args.seed)
@@ -720,9 +718,7 @@ def noise_main(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: 
     check_count("--num-images", args.num_images, 1, MAX_IMAGES)
     if args.init_image and len(args.init_image) > 1:
         raise InvalidInputError("--method noise edits one image at a time; give one --init-image")
-    paths = output_paths(output, args.keep_best or args.num_images)  # the kept images, best first
-    running = output_paths(output, args.num_images)  # the partial saves of all images
-    check_cli_outputs(list(dict.fromkeys([*paths, *running])), args.video)
+    paths, running = check_batch_outputs(output, args.num_images, args.keep_best, args.video)
     seed = resolve_seed(args.seed)
     pipe = CLIPGuidedDiffusionPipeline.from_pretrained(args.model, args.clip_model, args.device)
     steps = parser.parse_args(argv, argparse.Namespace(steps=None)).steps  # None unless given: the model's default

@@ -219,6 +219,15 @@ def check_cli_outputs(paths: Sequence[Path], video: str | None) -> None:
         check_output(video, VIDEO_SUFFIXES, "video")
 
 
+def check_batch_outputs(output: str | Path, count: int, keep_best: int | None, video: str | None
+                        ) -> tuple[list[Path], list[Path]]:
+    """(the kept images' PNGs, best first; the PNGs whose partial saves the run writes, one per image made) of a run
+    of `count` images keeping `keep_best` of them, every file checked up front (`check_cli_outputs`)."""
+    kept, running = output_paths(output, keep_best or count), output_paths(output, count)
+    check_cli_outputs(list(dict.fromkeys([*kept, *running])), video)
+    return kept, running
+
+
 def save_partial(images: torch.Tensor, paths: Sequence[Path], command: str, step: int) -> None:
     """Save a run's current images beside its outputs (`output_paths`; `NAME.partial.png`, `NAME-k.partial.png`),
     marked partial; outputs stay untouched."""

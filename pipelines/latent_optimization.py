@@ -39,9 +39,9 @@ from guidance.prompts import parse_prompt, parse_prompts
 from guidance.runtime import (autocast, check_compile, explain_out_of_memory, pick_device, prepare_device,
                               resolve_precision, resolve_seed)
 from guidance.validation import MAX_STEPS, check_count, check_number, check_some_weight
-from pipelines.common import (DEFAULT_CLIP, PipelineOutput, StepCallback, check_cli_outputs, check_cutouts,
+from pipelines.common import (DEFAULT_CLIP, PipelineOutput, StepCallback, check_batch_outputs, check_cutouts,
                               clean_recipe, command_line, directional_target, edit_mode, finish_cli, frame_of,
-                              load_edit_inputs, output_paths, parse_size, round_size, run_cli, save_partial)
+                              load_edit_inputs, parse_size, round_size, run_cli, save_partial)
 from pipelines.ranking import ranking_for
 
 OPTIMIZERS = dict(zip(OPTIMIZER_NAMES, (torch.optim.Adam, torch.optim.AdamW, torch.optim.RAdam, torch.optim.SGD,
@@ -312,9 +312,7 @@ def run_cli_main(pipeline: type[LatentOptimizationPipeline], module: str, argv: 
     """The CLI of a latent-optimisation pipeline; returns the exit code."""
     args = build_parser(pipeline, module).parse_args(argv)
     check_count("--num-images", args.num_images, 1, MAX_IMAGES)
-    paths = output_paths(args.output, args.keep_best or args.num_images)  # the kept images, best first
-    running = output_paths(args.output, args.num_images)  # the partial saves of all images
-    check_cli_outputs(list(dict.fromkeys([*paths, *running])), args.video)
+    paths, running = check_batch_outputs(args.output, args.num_images, args.keep_best, args.video)
     seed = resolve_seed(args.seed)
     pipe = pipeline.from_arguments(args, args.clip_model or [DEFAULT_CLIP])
     command = command_line(module, [*argv, *([] if args.seed is not None else ["--seed", str(seed)])])

@@ -335,16 +335,19 @@ def with_context_length(clip: CLIPEncoder, context_length: int) -> CLIPEncoder:
     return longer
 
 
-def build_optimisation(clip: CLIPEncoder, config: TrainConfig) -> Optimisation:
+def build_optimisation(clip: CLIPEncoder, config: TrainConfig, scaler: torch.amp.GradScaler | None = None
+                       ) -> Optimisation:
     """AdamW with weight decay on matrices only (not on gains, biases, embeddings' scale or temperature; none under
     --lock-english, where decay would shrink the frozen rows too), on the shared warm-up + cosine schedule,
-    decaying to zero."""
+    decaying to zero; `scaler` is fp16's loss scaler (None otherwise)."""
     trained = [p for p in clip.model.parameters() if p.requires_grad]
     decay = [] if config.lock_english else [p for p in trained if p.ndim >= 2]
     rest = [p for p in trained if p.ndim < 2 or config.lock_english]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
-    return Optimisation(optimizer, config.warmup_steps, config.steps, config.grad_clip, final_lr_share=0.0)
+    optimisation = Optimisation(optimizer, config.warmup_steps, config.steps, config.grad_clip, final_lr_share=0.0)
+    optimisation.scaler = scaler
+    return optimisation
 
 
 def save_checkpoint(directory: str | Path, clip: CLIPEncoder, optimisation: Optimisation, step: int) -> Path:
@@ -369,8 +372,7 @@ def load_checkpoint(path: str | Path, config: TrainConfig, scaler: torch.amp.Gra
     folder = require_checkpoint(path)
     clip = load_clip(str(checkpoint_weights(folder / WEIGHTS_FILE)), device=config.device)
     _make_trainable(clip, config)
-    optimisation = build_optimisation(clip, config)
-    optimisation.scaler = scaler
+    optimisation = build_optimisation(clip, config, scaler)
     state = restore(folder, optimisation)
     return clip, optimisation, int(state["step"])
 
@@ -393,7 +395,10 @@ def _make_trainable(clip: CLIPEncoder, config: TrainConfig) -> None:
     ``lock_english`` only the embeddings of the tokens English text never produces learn (`english_free_tokens`)."""
     if config.lock_english:
         clip.model.eval().requires_grad_(False)
-        _train_only_rows(clip.model.token_embedding.weight, english_free_tokens(clip))
+        embedding = clip.model.token_embedding.weight
+        embedding.requires_grad_(True)
+        if not hasattr(embedding, "trained_rows"):  # one hook, however often the model goes back to training
+            _train_only_rows(embedding, english_free_tokens(clip))
         return
     clip.model.train().requires_grad_(True)
     if config.lock_image:
@@ -417,13 +422,12 @@ def english_free_tokens(clip: CLIPEncoder) -> torch.Tensor:
 
 
 def _train_only_rows(weight: torch.nn.Parameter, rows: torch.Tensor) -> None:
-    """Let `weight` learn in the given rows only: its gradient is zero elsewhere (so Adam leaves them as they are)."""
-    weight.requires_grad_(True)
-    if not hasattr(weight, "trained_rows"):  # one hook, however often the model goes back to training
-        mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
-        mask[rows] = 1
-        weight.trained_rows = rows
-        weight.register_hook(lambda grad: grad * mask)
+    """Let `weight` learn in the given rows only (`weight.trained_rows`): a gradient hook zeroes the others, so
+    Adam leaves them as they are."""
+    mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
+    mask[rows] = 1
+    weight.trained_rows = rows
+    weight.register_hook(lambda grad: grad * mask)
 
 
 # --- training loop ------------------------------------------------------------------------------------
@@ -472,9 +476,7 @@ def _start(config: TrainConfig, scaler: torch.amp.GradScaler | None) -> tuple[CL
         return load_checkpoint(config.resume, config, scaler)
     clip = build_model(config)
     _make_trainable(clip, config)
-    optimisation = build_optimisation(clip, config)
-    optimisation.scaler = scaler
-    return clip, optimisation, 0
+    return clip, build_optimisation(clip, config, scaler), 0
 
 
 @dataclass
