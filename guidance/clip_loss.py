@@ -16,6 +16,7 @@ from .errors import InvalidInputError
 from .losses import DISTANCES, directional_loss
 from .prompts import Prompt, normalize, parse_prompts
 from .templates import Template, choose_templates, fill
+from .validation import check_number
 
 CLIPModels = Union[CLIPEncoder, Sequence[CLIPEncoder], Sequence[tuple[CLIPEncoder, float]]]
 
@@ -63,11 +64,15 @@ class CLIPLoss(nn.Module):
 
     Targets are embedded once at construction. `forward(images)` takes [0, 1] BCHW images and returns a scalar
     (or per-image losses with `reduction='none'`); `last_losses` holds the latest per-prompt values, detached.
+
+    `contrast` w subtracts w times the distance to CLIP's embedding of the empty text: an image then gains only by
+    being nearer the prompts than to no text in particular, so a blank or a featureless field, which sits at a
+    middling distance from every caption, no longer scores well.
     """
 
     def __init__(self, clip_models: CLIPModels, prompts: str | Sequence[str | Prompt] = (),
                  image_prompts: Sequence[ImagePrompt | torch.Tensor] = (), cutouts: MakeCutouts | None = None,
-                 distance: str = "spherical", normalize_weights: bool = False):
+                 distance: str = "spherical", normalize_weights: bool = False, contrast: float = 0.0):
         super().__init__()
         self.members = as_ensemble(clip_models)
         self.clip_models = nn.ModuleList(model for model, _ in self.members)
@@ -87,8 +92,11 @@ class CLIPLoss(nn.Module):
         self.prompts = [(label, weight, stop) for label, (_, weight, stop) in zip(labels, self.prompts)]
         self.member_labels = unique_labels([model.name for model, _ in self.members])
         self.cutouts = cutouts if cutouts is not None else default_cutouts(self.members)
+        self.contrast = check_number("contrast", contrast, low=0)
         for index, (model, _) in enumerate(self.members):
             self.register_buffer(f"targets_{index}", self._embed_targets(model, text_prompts, images), persistent=False)
+            if self.contrast:
+                self.register_buffer(f"neutral_{index}", self._embed_targets(model, [Prompt("")], []), persistent=False)
         self.last_losses: dict[str, torch.Tensor] = {}
 
     @staticmethod
@@ -132,6 +140,9 @@ class CLIPLoss(nn.Module):
                 per_image = per_image + model_weight * weight * per_prompt
                 key = label if len(self.members) == 1 else f"{self.member_labels[index]}: {label}"
                 breakdown[key] = per_prompt.detach().mean()
+            if self.contrast:
+                neutral = self.distance(embeddings, getattr(self, f"neutral_{index}"))[..., 0].mean(0)  # (B,)
+                per_image = per_image - model_weight * self.contrast * neutral
         self.last_losses = breakdown
         return reduce(per_image, reduction)
 

@@ -98,14 +98,15 @@ class CLIParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}; see {self.prog} --help\n")
 
 
-def add_guidance_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any], per: str) -> None:
+def add_guidance_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any], per: str,
+                           augment_note: str = "") -> None:
     """The CLIP options every pipeline CLI shares: cutouts (count, size power, augmentation) and the CLIP models."""
     parser.add_argument("--cutn", type=int, default=defaults["cutn"],
                         help=f"cutouts per {per}, 1 to {MAX_CUTN} (memory grows with it)")
     parser.add_argument("--cut-pow", type=float, default=defaults["cut_pow"],
                         help="cutout size power (higher: smaller cutouts)")
     parser.add_argument("--augment", choices=AUGMENT_PRESETS, default=defaults["augment"],
-                        help="cutout augmentation preset")
+                        help=f"cutout augmentation preset{augment_note}")
     parser.add_argument("--clip-model", action="append", default=None, metavar="NAME[:PRETRAINED][:WEIGHT]",
                         help=f"CLIP model, repeatable for an ensemble (default: {DEFAULT_CLIP})")
 

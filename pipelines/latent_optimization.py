@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
-from pipelines.parsers import MAX_CUTN_BATCHES, MAX_IMAGES, OPTIMIZER_NAMES, generator_arguments, latent_parser
+from pipelines.parsers import MAX_CANDIDATES, MAX_CUTN_BATCHES, MAX_IMAGES, OPTIMIZER_NAMES, generator_arguments, latent_parser
 
 if __name__ == "__main__":  # parse first: --help and usage errors answer before the heavy imports below
     latent_parser("pipelines.latent_optimization", "LatentOptimizationPipeline", generator_arguments).parse_args()
@@ -47,6 +47,7 @@ from pipelines.ranking import ranking_for
 OPTIMIZERS = dict(zip(OPTIMIZER_NAMES, (torch.optim.Adam, torch.optim.AdamW, torch.optim.RAdam, torch.optim.SGD,
                                          partial(torch.optim.SGD, momentum=0.9, nesterov=True)),  # ReNO's optimiser
                       strict=True))
+CANDIDATE_CHUNK = 8  # candidate latents decoded and scored at once
 
 
 def backward_over_cutout_batches(loss: Callable[..., torch.Tensor], images: torch.Tensor, batches: int,
@@ -73,6 +74,16 @@ def clip_per_image_(grad: torch.Tensor, max_norm: float) -> None:
     norms = grad.flatten(1).float().norm(dim=1)
     scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
     grad.mul_(scale.to(grad.dtype).view(-1, *[1] * (grad.ndim - 1)))
+
+
+def best_candidates(latents: torch.Tensor, count: int, losses: Callable[[torch.Tensor], torch.Tensor],
+                    chunk: int = CANDIDATE_CHUNK) -> torch.Tensor:
+    """Of `latents` (N * count of them, image k's candidates at k, k + count, ...), the `count` whose losses (one
+    per latent, computed `chunk` latents at a time without gradients) are lowest, one per image."""
+    with torch.no_grad():
+        scores = torch.cat([losses(part).float() for part in latents.split(chunk)])
+    best = scores.view(-1, count).argmin(dim=0)  # (count,): the winning candidate row of each image
+    return latents[best * count + torch.arange(count, device=latents.device)]
 
 
 class LatentOptimizationPipeline:
@@ -125,8 +136,8 @@ class LatentOptimizationPipeline:
                  mask: str | Path | torch.Tensor | None = None, source_text: str | None = None,
                  num_images: int = 1, keep_best: int | None = None, judge_model: str | None = None,
                  cutn_batches: int = 1, grad_clip: float | None = None, best_step: bool = False,
-                 precision: str = "auto", compile: bool = False, save_every: int = 50,
-                 callback: StepCallback | None = None, progress: bool = True) -> PipelineOutput:
+                 candidates: int = 1, contrast: float = 0.0, precision: str = "auto", compile: bool = False,
+                 save_every: int = 50, callback: StepCallback | None = None, progress: bool = True) -> PipelineOutput:
         """Generate (or edit) `num_images` images together; returns them with the history. Ctrl-C ends early and
         keeps the last images.
 
@@ -134,7 +145,9 @@ class LatentOptimizationPipeline:
         of the `num_images` latents drawn from `seed`. `keep_best` K ranks them by CLIP score (`judge_model`, default
         the guiding models) and returns the best K, best first. `cutn_batches` M averages the CLIP loss over M batches
         of `cutn` cutouts, backpropagated one batch at a time (memory of one batch). `grad_clip` clips each image's
-        latent gradient norm; `best_step` returns each image at its lowest loss, not the last. `precision` 'auto'
+        latent gradient norm; `best_step` returns each image at its lowest loss, not the last. `candidates` N draws N
+        random latents per image and starts from the one whose image the CLIP loss likes best. `contrast` w subtracts w
+        times the distance to the empty text from the CLIP loss (guidance.CLIPLoss). `precision` 'auto'
         is bf16 on CUDA GPUs that support it, else fp32; `compile` runs the decode and the loss through
         torch.compile. The generator's `latent_penalty` joins the loss."""
         # 1. Check the settings, before any work.
@@ -144,6 +157,7 @@ class LatentOptimizationPipeline:
                                         mask, source_text, image_prompts, save_every)
         check_count("--num-images", num_images, 1, MAX_IMAGES)
         check_count("--cutn-batches", cutn_batches, 1, MAX_CUTN_BATCHES)
+        check_count("--candidates", candidates, 1, MAX_CANDIDATES)
         if grad_clip is not None:
             check_number("--grad-clip", grad_clip, above=0)
         ranking = ranking_for(prompt, num_images, keep_best, judge_model, [m for m, _ in self.clip_models],
@@ -170,7 +184,8 @@ class LatentOptimizationPipeline:
             clip_loss: torch.nn.Module = DirectionalCLIPLoss(self.clip_models, init, source_text, settings["target"],
                                                              cutouts=cutouts, l1_weight=fidelity)
         else:
-            clip_loss = CLIPLoss(self.clip_models, settings["prompts"], settings["image_prompts"], cutouts=cutouts)
+            clip_loss = CLIPLoss(self.clip_models, settings["prompts"], settings["image_prompts"], cutouts=cutouts,
+                                 contrast=contrast)
         decode: Any = self.generator
         if compile:
             decode, clip_loss = self._compiled_generator(), torch.compile(clip_loss)
@@ -180,7 +195,11 @@ class LatentOptimizationPipeline:
                 z_init = self.generator.encode(init)
                 z_init = z_init.expand(num_images, *z_init.shape[1:]).clone()
             else:
-                z_init = self.generator.random_latent(num_images, height, width, generator)
+                z_init = self.generator.random_latent(num_images * candidates, height, width, generator)
+                if candidates > 1:
+                    with autocast(self.device, precision):
+                        z_init = best_candidates(z_init, num_images, lambda z: clip_loss(decode(z).float(),
+                                                                                         reduction="none"))
         z = z_init.clone().requires_grad_(True)
         opt = OPTIMIZERS[optimizer]([z], lr=lr)
         recipe = clean_recipe({
@@ -193,6 +212,8 @@ class LatentOptimizationPipeline:
             "init_weight": fidelity if init is not None else None,
             "mask": str(mask) if isinstance(mask, (str, Path)) else None, "source_text": source_text,
             "grad_clip": grad_clip, "best_step": best_step or None, "keep_best": keep_best,
+            "candidates": candidates if candidates > 1 and init is None else None,
+            "contrast": contrast if contrast and not source_text else None,
             "precision": precision, "compile": compile or None, "device": str(self.device),
         })
 

@@ -17,6 +17,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -356,9 +357,9 @@ def sample_other_colour(rng: np.random.Generator) -> tuple[int, int, int]:
 
 
 def sample_spec(rng: np.random.Generator, split: str = "train", other_colour_rate: float = 0.0,
-                other_shape_rate: float = 0.0) -> ShapeSpec:
-    """A random spec whose (colour, shape) pair belongs to ``split``; at the given rates the colour or the shape
-    is replaced by an unnamed one (never both)."""
+                other_shape_rate: float = 0.0, sizes: Sequence[str] = tuple(SIZES)) -> ShapeSpec:
+    """A random spec whose (colour, shape) pair belongs to ``split``, of one of ``sizes``; at the given rates the
+    colour or the shape is replaced by an unnamed one (never both)."""
     pairs = pairs_for_split(split)
     colour, shape = pairs[int(rng.integers(len(pairs)))]
     draw = rng.random()
@@ -367,7 +368,7 @@ def sample_spec(rng: np.random.Generator, split: str = "train", other_colour_rat
     elif draw < other_colour_rate + other_shape_rate:
         shape = UNNAMED_SHAPES[int(rng.integers(len(UNNAMED_SHAPES)))]
     position = list(POSITIONS)[int(rng.integers(len(POSITIONS)))]
-    size = list(SIZES)[int(rng.integers(len(SIZES)))]
+    size = sizes[int(rng.integers(len(sizes)))]
     return ShapeSpec(colour, shape, position, size, sample_background(rng, colour))
 
 
@@ -463,9 +464,13 @@ class ShapesDataset(Dataset):
     """Map-style dataset of (image CHW float in [0, 1], caption); item ``i`` depends only on (seed, i, split)."""
 
     def __init__(self, length: int, seed: int = 0, split: str = "train", image_size: int = 64,
-                 unnamed: bool | None = None, chinese_share: float = 0.0) -> None:
-        """Create ``length`` items of ``split``, mixing in unnamed colours and shapes if ``unnamed`` (default: for train),
-        with a Chinese caption instead of the English one for a ``chinese_share`` of the items (same images)."""
+                 unnamed: bool | None = None, chinese_share: float = 0.0, sizes: Sequence[str] = tuple(SIZES)) -> None:
+        """Create ``length`` items of ``split`` with shapes of ``sizes``, mixing in unnamed colours and shapes if
+        ``unnamed`` (default: for train), with a Chinese caption instead of the English one for a ``chinese_share`` of
+        the items (same images)."""
+        if not sizes or any(size not in SIZES for size in sizes):
+            raise InvalidInputError(f"sizes must be some of {', '.join(SIZES)}, got {list(sizes)}")
+        self.sizes = tuple(sizes)
         pairs_for_split(split)
         if not 0 <= chinese_share <= 1:
             raise InvalidInputError(f"chinese_share must be between 0 and 1, got {chinese_share}")
@@ -485,7 +490,7 @@ class ShapesDataset(Dataset):
             raise IndexError(index)
         rng = _item_rng(self.seed, index)
         rates = (OTHER_COLOUR_RATE, OTHER_SHAPE_RATE) if self.unnamed else (0.0, 0.0)
-        spec = sample_spec(rng, self.split, *rates)
+        spec = sample_spec(rng, self.split, *rates, sizes=self.sizes)
         templates = caption_templates(spec)
         caption = caption_for(spec, templates[int(rng.integers(len(templates)))])
         if self.chinese_share:  # its own generator: the image and the English stream stay as they were

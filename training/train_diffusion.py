@@ -31,7 +31,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from generators.diffusion import PixelDiffusion, make_scheduler, save_diffusion, scheduler_step
+from generators.diffusion import PixelDiffusion, load_diffusion, make_scheduler, save_diffusion, scheduler_step
 from generators.diffusion.models import downsampling_factor
 from guidance.checkpoints import load_state_dict, save_state_dict
 from guidance.errors import InvalidInputError
@@ -74,6 +74,9 @@ class TrainConfig(RunConfig):
     ema_decay: float = 0.999
     snr_gamma: float = 5.0
     sample_steps: int = 50
+    named_only: bool = False
+    sizes: tuple[str, ...] = tuple(world.SIZES)
+    init: str | None = None
 
 
 # The command-line flags of the fields particular to this trainer (the shared ones are core's); each
@@ -87,6 +90,11 @@ FLAGS: tuple[Flag, ...] = (
     ("--eval-every", {"type": int, "help": "sample and evaluate every this many steps (0: only at the end)"}),
     ("--eval-count", {"type": int, "help": "samples per evaluation"}),
     ("--sample-steps", {"type": int, "help": "DDIM steps per sample"}),
+    ("--named-only", {"action": "store_true",
+                      "help": "train only on the world's named colours and shapes (no unnamed hues or shapes)"}),
+    ("--sizes", {"nargs": "+", "choices": list(world.SIZES), "help": "the shape sizes to train on"}),
+    ("--init", {"help": "start from this diffusion model's weights (a built-in name or a diffusers folder); "
+                        "its UNet config replaces --model-config"}),
 )
 
 
@@ -111,13 +119,26 @@ def unet_config(config: TrainConfig) -> dict[str, Any]:
     return {**source, "sample_size": config.image_size}
 
 
+def initial_unet(name: str) -> UNet2DModel:
+    """The UNet2DModel of a pixel diffusion model to fine-tune (a built-in name or a diffusers folder)."""
+    model = load_diffusion(name, "cpu")
+    if not isinstance(model, PixelDiffusion):
+        raise InvalidInputError(f"--init {name} is not a pixel-space UNet2DModel DDPM; give one like shapes-tiny")
+    return model.unet
+
+
 def build_model(config: TrainConfig) -> UNet2DModel:
-    """A trainable RGB UNet2DModel of the run's config, initialised from `config.seed`."""
-    settings = unet_config(config)
+    """A trainable RGB UNet2DModel of the run's config, initialised from `config.seed` (or from `config.init`)."""
     try:
-        with torch.random.fork_rng():
-            torch.manual_seed(config.seed)
-            unet = UNet2DModel.from_config(settings)
+        if config.init:
+            unet = initial_unet(config.init)
+            if unet.config.sample_size != config.image_size:
+                raise InvalidInputError(f"--init {config.init} samples {unet.config.sample_size} px; "
+                                        f"use --image-size {unet.config.sample_size}")
+        else:
+            with torch.random.fork_rng():
+                torch.manual_seed(config.seed)
+                unet = UNet2DModel.from_config(unet_config(config))
     except (TypeError, ValueError, KeyError) as error:
         reason = str(error).splitlines()[0]
         raise InvalidInputError(f"the model config does not build a UNet2DModel: {reason}") from None
@@ -200,7 +221,8 @@ def shape_statistics(images: torch.Tensor) -> dict[str, Any]:
 
 def eval_batch(config: TrainConfig, timesteps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fixed data for the evaluation loss: images of the run's split in [-1, 1], noise, and evenly spread timesteps."""
-    dataset = world.ShapesDataset(EVAL_LOSS_IMAGES, EVAL_SEED, config.split, config.image_size)
+    dataset = world.ShapesDataset(EVAL_LOSS_IMAGES, EVAL_SEED, config.split, config.image_size,
+                                  unnamed=not config.named_only, sizes=config.sizes)
     x0 = batch_at(dataset, 0, EVAL_LOSS_IMAGES) * 2 - 1
     noise, _ = step_noise(x0.shape, EVAL_SEED, 0, timesteps)
     return x0, noise, torch.linspace(0, timesteps - 1, EVAL_LOSS_IMAGES).round().long()
@@ -304,7 +326,8 @@ def train(config: TrainConfig) -> PixelDiffusion:
     checkpoints = Path(config.out) / CHECKPOINTS if config.out else None
     start = resume_step(checkpoints if config.resume else None,
                         lambda path: load_checkpoint(path, unet, ema, optimisation))
-    dataset = world.ShapesDataset(config.steps * config.batch_size, config.seed, config.split, config.image_size)
+    dataset = world.ShapesDataset(config.steps * config.batch_size, config.seed, config.split, config.image_size,
+                                  unnamed=not config.named_only, sizes=config.sizes)
     fixed = eval_batch(config, len(alphas_cumprod))
     losses: list[float] = []
 

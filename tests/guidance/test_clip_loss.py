@@ -59,6 +59,18 @@ def test_loss_equals_spherical_distance_of_image_and_text_embeddings(tiny_clip, 
     np.testing.assert_allclose(loss_fn(image).item(), expected[0], rtol=1e-4, atol=1e-6)
 
 
+def test_contrast_subtracts_the_distance_to_the_empty_text(tiny_clip, image):
+    loss_fn = CLIPLoss(tiny_clip, "a red circle", cutouts=whole_image_cutouts(), contrast=0.5)
+    with torch.no_grad():
+        embedded = tiny_clip.encode_image(image).numpy()
+        to_prompt = _spherical_np(embedded, tiny_clip.encode_text(["a red circle"]).numpy())[0]
+        to_nothing = _spherical_np(embedded, tiny_clip.encode_text([""]).numpy())[0]
+    np.testing.assert_allclose(loss_fn(image).item(), to_prompt - 0.5 * to_nothing, rtol=1e-4, atol=1e-6)
+    for bad in (-1.0, math.nan):
+        with pytest.raises(InvalidInputError, match="contrast"):
+            CLIPLoss(tiny_clip, "a cat", contrast=bad)
+
+
 def test_cosine_distance_option(tiny_clip, image):
     loss_fn = CLIPLoss(tiny_clip, "a red circle", cutouts=whole_image_cutouts(), distance="cosine")
     with torch.no_grad():

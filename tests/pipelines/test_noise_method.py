@@ -7,11 +7,13 @@ import shlex
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from guidance.images import read_recipe
 from pipelines.clip_guided_diffusion import CLIPGuidedDiffusionPipeline, NoiseOptimizationPipeline, main
 from pipelines.common import run_cli
+from pipelines.latent_optimization import best_candidates
 
 SHAPES = ["--model", "shapes-tiny", "--clip-model", "shapes-tiny", "--device", "cpu"]
 
@@ -46,6 +48,20 @@ def test_sampler_only_options_are_refused_with_noise_in_one_line(capsys, tmp_pat
     assert "--eta applies to --method sampler" in line
 
 
+@pytest.mark.parametrize("flag", ["--iterations", "--candidates", "--contrast"])
+def test_noise_only_options_are_refused_with_the_sampler_in_one_line(capsys, tmp_path, flag):
+    line = one_line_error(capsys, ["a red circle", flag, "2", *SHAPES, "-o", str(tmp_path / "x.png")])
+    assert f"{flag} applies to --method noise" in line
+
+
+def test_best_candidates_keeps_each_images_lowest_loss_start():
+    # 3 candidates for each of 2 images: image k's candidates are rows k, k + 2, k + 4.
+    latents = torch.arange(6, dtype=torch.float32).view(6, 1).repeat(1, 4)
+    losses = {0: 5.0, 1: 1.0, 2: 0.5, 3: 3.0, 4: 9.0, 5: 2.0}  # image 0: rows 0, 2, 4; image 1: rows 1, 3, 5
+    chosen = best_candidates(latents, 2, lambda part: torch.tensor([losses[int(r[0])] for r in part]), chunk=4)
+    assert chosen[:, 0].tolist() == [2.0, 1.0]
+
+
 def test_zero_iterations_is_one_line(capsys, tmp_path):
     line = one_line_error(capsys, ["a red circle", "--method", "noise", "--iterations", "0", *SHAPES,
                                    "-o", str(tmp_path / "x.png")])
@@ -56,15 +72,16 @@ def test_zero_iterations_is_one_line(capsys, tmp_path):
 def test_noise_method_cli_writes_the_best_image_with_its_recipe(tmp_path):
     out = tmp_path / "noise.png"
     assert main(["a red circle", "--method", "noise", "--steps", "2", "--iterations", "4", "--cutn", "4",
-                 "--seed", "3", *SHAPES, "-o", str(out), "--save-every", "0"]) == 0
+                 "--candidates", "3", "--contrast", "0.25", "--seed", "3", *SHAPES, "-o", str(out),
+                 "--save-every", "0"]) == 0
     recipe = read_recipe(out)
+    assert recipe["candidates"] == 3 and recipe["contrast"] == 0.25
     assert recipe["pipeline"] == "clip_guided_diffusion_noise" and recipe["method"] == "noise"
     assert recipe["sampler_steps"] == 2 and recipe["optimizer"] == "nesterov" and recipe["grad_clip"] == 0.1
     assert recipe["best_step"] is True and 1 <= recipe["best_at_step"] <= 4 and recipe["steps_done"] == 4
     assert Image.open(out).size == (32, 32)
 
 
-@pytest.mark.slow
 @pytest.mark.slow
 def test_noise_method_makes_a_batch_and_image_2_is_remade_by_its_recipe_command(tmp_path):
     base = ["a red circle", "--method", "noise", "--steps", "2", "--iterations", "3", "--cutn", "4", "--seed", "3",

@@ -128,8 +128,28 @@ def test_cli_trains_and_exports(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert load_diffusion(tmp_path / "run" / td.EXPORT_DIR).native_size == (16, 16)
 
 
+def test_init_fine_tunes_a_trained_model_on_named_large_shapes(tmp_path: Path) -> None:
+    """--init starts from another model's weights (its UNet config, not --model-config); --named-only and --sizes
+    narrow the data to the world's named colours and shapes of the given sizes."""
+    start = td.train(tiny(out=str(tmp_path / "start"), steps=2))
+    config = tiny(init=str(tmp_path / "start" / td.EXPORT_DIR), model_config=None, steps=1, lr=1e-12,
+                  named_only=True, sizes=("large",))
+    tuned = td.train(config)
+    for (name, before), after in zip(start.unet.state_dict().items(), tuned.unet.state_dict().values()):
+        assert torch.allclose(before, after, atol=1e-6), name  # a vanishing learning rate keeps the start
+    data = ShapesDataset(64, 0, "train", 16, unnamed=False, sizes=("large",))
+    specs = [data.describe(i)[0] for i in range(64)]
+    assert {spec.size for spec in specs} == {"large"} and all(isinstance(spec.colour, str) for spec in specs)
+    assert {spec.shape for spec in specs} <= {"circle", "square", "triangle", "star"}
+    with pytest.raises(InvalidInputError, match="samples 16 px; use --image-size 16"):
+        td.train(tiny(init=str(tmp_path / "start" / td.EXPORT_DIR), image_size=32))
+    with pytest.raises(InvalidInputError, match="sizes must be some of small, large"):
+        ShapesDataset(4, sizes=("huge",))
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--steps", "0"], "--steps"),
+    (["--init", "no/such-model-here"], "no/such-model-here"),
     (["--image-size", "30"], "multiple of 4"),
     (["--ema-decay", "1"], "--ema-decay"),
     (["--model-config", "no-such-config.json"], "cannot read the model config"),
