@@ -346,7 +346,8 @@ def run_cli_main(pipeline: type[LatentOptimizationPipeline], module: str, argv: 
                   init_image=args.init_image, init_weight=args.init_weight, mask=args.mask,
                   source_text=args.source_text, num_images=args.num_images, keep_best=args.keep_best,
                   judge_model=args.judge_model, cutn_batches=args.cutn_batches, grad_clip=args.grad_clip,
-                  best_step=args.best_step, precision=args.precision, compile=args.compile,
+                  best_step=args.best_step, candidates=args.candidates, contrast=args.contrast,
+                  precision=args.precision, compile=args.compile,
                   save_every=args.save_every, callback=save_progress)
     return finish_cli(result, paths, command, args.video, running=running)
 

@@ -123,6 +123,8 @@ def test_callback_can_stop_the_run_and_keeps_the_last_image(pipe):
     (dict(steps=0), "steps"),
     (dict(mask="mask.png"), "--init-image"),
     (dict(source_text="a cat", init_image=None), "--init-image"),
+    (dict(candidates=0), "--candidates"),
+    (dict(contrast=-1.0), "contrast"),
 ])
 def test_bad_settings_raise_one_line_errors(pipe, kwargs, message):
     kwargs = {"prompt": "a red circle", **kwargs}
@@ -134,9 +136,11 @@ def test_bad_settings_raise_one_line_errors(pipe, kwargs, message):
 def test_cli_writes_png_with_recipe_and_video(model_files, tmp_path):
     output, video = tmp_path / "out.png", tmp_path / "progress.mp4"
     result = run_module(cli_args(model_files, "a red circle | blue:-0.5", "--size", "40x32", "--steps", "6",
-                                 "--seed", "5", "--save-every", "2", "-o", str(output), "--video", str(video)))
+                                 "--seed", "5", "--save-every", "2", "-o", str(output), "--video", str(video),
+                                 "--candidates", "3", "--contrast", "0.25"))
     assert result.returncode == 0, result.stderr
     recipe = read_recipe(output)
+    assert recipe["candidates"] == 3 and recipe["contrast"] == 0.25
     assert recipe["prompt"] == "a red circle | blue:-0.5"
     assert recipe["seed"] == 5 and recipe["size"] == "40x32" and recipe["steps"] == 6 and recipe["cutn"] == 4
     assert recipe["vqgan"] == model_files["vqgan"]
