@@ -92,7 +92,7 @@ class CLIPLoss(nn.Module):
         self.prompts = [(label, weight, stop) for label, (_, weight, stop) in zip(labels, self.prompts)]
         self.member_labels = unique_labels([model.name for model, _ in self.members])
         self.cutouts = cutouts if cutouts is not None else default_cutouts(self.members)
-        self.contrast = check_number("contrast", contrast, low=0)
+        self.contrast = check_number("--contrast", contrast, low=0)
         for index, (model, _) in enumerate(self.members):
             self.register_buffer(f"targets_{index}", self._embed_targets(model, text_prompts, images), persistent=False)
             if self.contrast:

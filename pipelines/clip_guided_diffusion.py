@@ -669,7 +669,6 @@ def main(argv: list[str]) -> int:
     return finish_cli(result, paths, command, args.video, own, running)
 
 
-
 # --- noise optimisation (--method noise) ------------------------------------------------------------------------
 
 # Options of the per-step sampler that noise optimisation does not use.

@@ -18,7 +18,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
-from pipelines.parsers import MAX_CANDIDATES, MAX_CUTN_BATCHES, MAX_IMAGES, OPTIMIZER_NAMES, generator_arguments, latent_parser
+from pipelines.parsers import (MAX_CANDIDATES, MAX_CUTN_BATCHES, MAX_IMAGES, OPTIMIZER_NAMES, generator_arguments,
+                               latent_parser)
 
 if __name__ == "__main__":  # parse first: --help and usage errors answer before the heavy imports below
     latent_parser("pipelines.latent_optimization", "LatentOptimizationPipeline", generator_arguments).parse_args()
