@@ -220,7 +220,9 @@ def test_ctrl_c_saves_the_current_image(model_files, tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "pipelines.vqgan_clip",
                                 *cli_args(model_files, "a red circle", "--size", "32", "--steps", "100000",
                                           "--save-every", "1", "-o", str(output))],
-                               cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               # as from a shell: Ctrl-C's default action, whatever this test process inherited
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     partial = tmp_path / "out.partial.png"  # progress goes beside the output, not over it
     deadline = time.monotonic() + 120
     while not partial.exists() and time.monotonic() < deadline and process.poll() is None:
