@@ -5,7 +5,9 @@ Sampling is seeded per item, so item ``i`` of a dataset with seed ``s`` is the s
 A fixed set of (colour, shape) pairs is held out of training to test compositional zero-shot.
 Part of the training stream shows named shapes in unnamed colours (hues far from every named colour)
 with colour-free captions, and named colours on unnamed shapes with shape-free captions, so that shape
-features must not depend on colour nor colour features on shape.
+features must not depend on colour nor colour features on shape. Optionally (``shapeless_share``) part of the
+stream shows no shape at all: a field of a named colour, blotches of one, or an empty background, captioned as
+such, so that a CLIP trained on it does not take a colour field or a blank for "a green square".
 """
 
 from __future__ import annotations
@@ -111,6 +113,12 @@ OUTLINE_COLOUR = (40, 40, 40)
 # Zero-shot prompt templates; labels carry their article ("an orange star"), see pair_labels().
 PROMPT_TEMPLATES: tuple[str, ...] = ("{}", "a photo of {}", "a picture of {}", "a drawing of {}")
 SPLITS: tuple[str, ...] = ("train", "held_out", "all")
+# Images without a shape (``ShapesDataset(shapeless_share=...)``), each kind with its captions.
+SHAPELESS_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "field": ("a {colour} background", "a plain {colour} image", "a {colour} field", "{colour} everywhere"),
+    "blotches": ("{colour} blotches", "a {colour} pattern", "{colour} smudges", "a messy {colour} texture"),
+    "empty": ("an empty background", "a plain background", "nothing", "an empty image"),
+}
 
 # --- Chinese: the same world in Chinese words, for bilingual captions (`ShapesDataset(chinese_share=...)`) ---
 COLOURS_ZH: dict[str, str] = {"red": "红色", "green": "绿色", "blue": "蓝色", "yellow": "黄色", "orange": "橙色",
@@ -306,6 +314,33 @@ def render_shape_image(
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
+def render_shapeless(kind: str, colour: str, background: Background, image_size: int = 64,
+                     rng: np.random.Generator | None = None) -> np.ndarray:
+    """Render an image without a shape as uint8 HxWx3: a ``field`` of ``colour`` (shaded and noisy), ``blotches`` of
+    it (thresholded low-frequency noise, no outline) over ``background``, or the ``empty`` background alone."""
+    if kind not in SHAPELESS_TEMPLATES:
+        raise InvalidInputError(f"unknown shapeless kind {kind!r}; use one of {', '.join(SHAPELESS_TEMPLATES)}")
+    _check_vocab(colour, "circle", "centre", "large")
+    rng = rng if rng is not None else np.random.default_rng(0)
+    n = image_size
+    bg = _background_array(background, n, rng)
+    if kind == "empty":
+        return np.clip(np.rint(bg), 0, 255).astype(np.uint8)
+    rgb = np.clip(_rgb(colour) + rng.uniform(-12, 12, size=3).astype(np.float32), 0, 255)
+    if kind == "field":
+        shade = _background_array(Background("gradient", (0, 0, 0), (255, 255, 255), float(rng.uniform(0, 2 * math.pi))),
+                                  n, None)[..., :1] / 255.0 - 0.5
+        img = rgb * (1.0 + float(rng.uniform(0.0, 0.3)) * shade)
+        img = img + rng.normal(0.0, float(rng.uniform(0.0, 0.05)) * 255.0, size=img.shape).astype(np.float32)
+        return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    cells = int(rng.integers(3, 7))
+    coarse = torch.from_numpy(rng.normal(size=(1, 1, cells, cells)).astype(np.float32))
+    smooth = torch.nn.functional.interpolate(coarse, size=(n, n), mode="bicubic", align_corners=False)[0, 0].numpy()
+    mask = (smooth > np.quantile(smooth, 1.0 - rng.uniform(0.2, 0.6))).astype(np.float32)[..., None]
+    img = bg * (1.0 - mask) + rgb * mask
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
 def _rgb(colour: str | tuple[int, int, int]) -> np.ndarray:
     return np.asarray(COLOURS[colour] if isinstance(colour, str) else colour, dtype=np.float32)
 
@@ -452,7 +487,8 @@ def pair_label(spec: ShapeSpec, language: str) -> str:
 
 def caption_for(spec: ShapeSpec, template: str) -> str:
     """Fill a caption template with a spec's words (with 'an' before vowels)."""
-    text = template.format(colour=spec.colour, shape=spec.shape, size=spec.size, where=POSITION_PHRASES[spec.position])
+    text = template.format(colour=spec.colour, shape=spec.shape, size=spec.size,
+                           where=POSITION_PHRASES.get(spec.position, ""))
     return with_articles(text)
 
 
@@ -464,10 +500,11 @@ class ShapesDataset(Dataset):
     """Map-style dataset of (image CHW float in [0, 1], caption); item ``i`` depends only on (seed, i, split)."""
 
     def __init__(self, length: int, seed: int = 0, split: str = "train", image_size: int = 64,
-                 unnamed: bool | None = None, chinese_share: float = 0.0, sizes: Sequence[str] = tuple(SIZES)) -> None:
+                 unnamed: bool | None = None, chinese_share: float = 0.0, sizes: Sequence[str] = tuple(SIZES),
+                 shapeless_share: float = 0.0) -> None:
         """Create ``length`` items of ``split`` with shapes of ``sizes``, mixing in unnamed colours and shapes if
         ``unnamed`` (default: for train), with a Chinese caption instead of the English one for a ``chinese_share`` of
-        the items (same images)."""
+        the items (same images), and an image without a shape (captioned in English) for a ``shapeless_share``."""
         if not sizes or any(size not in SIZES for size in sizes):
             raise InvalidInputError(f"sizes must be some of {', '.join(SIZES)}, got {list(sizes)}")
         self.sizes = tuple(sizes)
@@ -475,6 +512,9 @@ class ShapesDataset(Dataset):
         if not 0 <= chinese_share <= 1:
             raise InvalidInputError(f"chinese_share must be between 0 and 1, got {chinese_share}")
         self.chinese_share = chinese_share
+        if not 0 <= shapeless_share <= 1:
+            raise InvalidInputError(f"shapeless_share must be between 0 and 1, got {shapeless_share}")
+        self.shapeless_share = shapeless_share
         self.length = length
         self.seed = seed
         self.split = split
@@ -489,6 +529,10 @@ class ShapesDataset(Dataset):
         if not 0 <= index < self.length:
             raise IndexError(index)
         rng = _item_rng(self.seed, index)
+        if self.shapeless_share:  # its own generator: the other items stay as they were
+            shapeless_rng = np.random.default_rng([self.seed, index, 87])
+            if shapeless_rng.random() < self.shapeless_share:
+                return self._draw_shapeless(shapeless_rng)
         rates = (OTHER_COLOUR_RATE, OTHER_SHAPE_RATE) if self.unnamed else (0.0, 0.0)
         spec = sample_spec(rng, self.split, *rates, sizes=self.sizes)
         templates = caption_templates(spec)
@@ -499,6 +543,15 @@ class ShapesDataset(Dataset):
                 caption = caption_zh(spec, language_rng)
         return spec, caption, rng
 
+    @staticmethod
+    def _draw_shapeless(rng: np.random.Generator) -> tuple[ShapeSpec, str, np.random.Generator]:
+        """A shapeless item: its kind is the spec's shape, and its caption one of that kind's."""
+        kind = list(SHAPELESS_TEMPLATES)[int(rng.integers(len(SHAPELESS_TEMPLATES)))]
+        colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+        spec = ShapeSpec(colour, kind, position="", background=sample_background(rng, colour))
+        templates = SHAPELESS_TEMPLATES[kind]
+        return spec, caption_for(spec, templates[int(rng.integers(len(templates)))]), rng
+
     def describe(self, index: int) -> tuple[ShapeSpec, str]:
         """Spec and caption of item ``index``, without rendering it."""
         spec, caption, _ = self._draw(index)
@@ -507,6 +560,8 @@ class ShapesDataset(Dataset):
     def item(self, index: int) -> tuple[np.ndarray, str, ShapeSpec]:
         """Image (uint8 HxWx3), caption and spec of item ``index``."""
         spec, caption, rng = self._draw(index)
+        if spec.shape in SHAPELESS_TEMPLATES:
+            return render_shapeless(spec.shape, spec.colour, spec.background, self.image_size, rng), caption, spec
         image = render_shape_image(
             spec.colour, spec.shape, spec.position, spec.size, spec.background, self.image_size, rng
         )

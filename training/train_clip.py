@@ -87,6 +87,7 @@ class TrainConfig(OptimisationConfig):
     lock_english: bool = False
     mixed_precision: str = "no"
     chinese_share: float = 0.0
+    shapeless_share: float = 0.0
     context_length: int | None = None
     eval_every: int = 0
     eval_count: int = 512
@@ -215,7 +216,7 @@ def _training_data(config: TrainConfig, image_size: int, start: int) -> DataLoad
     """A loader over the shapes stream or the CSV, starting at step ``start``."""
     if config.shapes:
         dataset = world.ShapesDataset(config.steps * config.batch_size, config.seed, "train", image_size,
-                                      chinese_share=config.chinese_share)
+                                      chinese_share=config.chinese_share, shapeless_share=config.shapeless_share)
     else:
         dataset = CaptionCSV(config.csv, config.csv_image_key, config.csv_caption_key, image_size)
     sampler = StepBatches(len(dataset), config.batch_size, start, config.steps, config.seed, not config.shapes)
@@ -450,6 +451,10 @@ def _check_config(config: TrainConfig) -> None:
                                 "model has no English to keep")
     if not 0 <= config.chinese_share <= 1:
         raise InvalidInputError(f"--chinese-share must be between 0 and 1, got {config.chinese_share}")
+    if not 0 <= config.shapeless_share <= 1:
+        raise InvalidInputError(f"--shapeless-share must be between 0 and 1, got {config.shapeless_share}")
+    if config.shapeless_share and not config.shapes:
+        raise InvalidInputError("--shapeless-share mixes shapeless images into the --shapes stream; add --shapes")
     if not 0 <= config.augment_share <= 1:
         raise InvalidInputError(f"--augment-share must be between 0 and 1, got {config.augment_share}")
 
@@ -596,6 +601,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="share of each batch that is augmented; the rest stays clean")
     data.add_argument("--chinese-share", type=float, default=d.chinese_share,
                       help="--shapes: share of captions given in Chinese (same images); also evaluates in Chinese")
+    data.add_argument("--shapeless-share", type=float, default=d.shapeless_share,
+                      help="--shapes: share of images with no shape (a colour field, colour blotches or an empty "
+                           "background, captioned so): teaches the model that a field is not a shape")
     data.add_argument("--num-workers", type=int, default=d.num_workers, help="data loader worker processes")
     o = p.add_argument_group("optimisation")
     add_optimisation_arguments(o, d)

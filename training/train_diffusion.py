@@ -93,8 +93,8 @@ FLAGS: tuple[Flag, ...] = (
     ("--named-only", {"action": "store_true",
                       "help": "train only on the world's named colours and shapes (no unnamed hues or shapes)"}),
     ("--sizes", {"nargs": "+", "choices": list(world.SIZES), "help": "the shape sizes to train on"}),
-    ("--init", {"help": "start from this diffusion model's weights (a built-in name or a diffusers folder); "
-                        "its UNet config replaces --model-config"}),
+    ("--init", {"help": "start from this diffusion model's weights (a built-in name or a diffusers folder) and "
+                        "its UNet config; not with --model-config"}),
 )
 
 
@@ -287,6 +287,9 @@ def _check(config: TrainConfig) -> None:
         raise InvalidInputError("--ema-decay must be in [0, 1) and --snr-gamma 0 or more")
     if config.eval_count < 0 or config.sample_steps < 1:
         raise InvalidInputError("--eval-count must be 0 or more and --sample-steps at least 1")
+    if config.init and config.model_config:
+        raise InvalidInputError("--init fine-tunes a model with its own UNet config and --model-config builds a new "
+                                "one; give one of them")
     world.pairs_for_split(config.split)
 
 

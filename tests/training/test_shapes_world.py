@@ -211,6 +211,35 @@ def test_chinese_share_out_of_range_is_refused():
         world.ShapesDataset(4, chinese_share=1.5)
 
 
+def test_shapeless_items_show_no_shape_and_say_so():
+    """A shapeless share replaces some items by a field, blotches or an empty background, captioned with no shape
+    word; the other items are unchanged."""
+    plain, mixed = world.ShapesDataset(300, seed=5), world.ShapesDataset(300, seed=5, shapeless_share=0.3)
+    kinds = []
+    for index in range(300):
+        image, caption, spec = mixed.item(index)
+        if spec.shape not in world.SHAPELESS_TEMPLATES:
+            reference, reference_caption, _ = plain.item(index)
+            assert caption == reference_caption and np.array_equal(image, reference)
+            continue
+        kinds.append(spec.shape)
+        words = set(caption.split())
+        assert not words & set(world.SHAPES + world.UNNAMED_SHAPES + ("shape",)), caption
+        colour = np.asarray(world.COLOURS[spec.colour], dtype=np.float32)
+        close = (np.abs(image.astype(np.float32) - colour).max(axis=2) < 40).mean()
+        if spec.shape == "field":
+            assert spec.colour in words and close > 0.6, (caption, close)
+        elif spec.shape == "blotches":
+            assert spec.colour in words and 0.1 < close < 0.7, (caption, close)
+        else:
+            assert not words & set(world.COLOURS), caption
+    assert 60 < len(kinds) < 120 and set(kinds) == set(world.SHAPELESS_TEMPLATES)
+    with pytest.raises(InvalidInputError, match="shapeless_share"):
+        world.ShapesDataset(4, shapeless_share=-0.1)
+    with pytest.raises(InvalidInputError, match="shapeless kind"):
+        world.render_shapeless("smoke", "red", world.Background())
+
+
 def test_a_longer_context_keeps_what_the_model_says_about_short_texts():
     from guidance import load_clip
     from training.train_clip import with_context_length

@@ -129,7 +129,7 @@ def test_cli_trains_and_exports(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_init_fine_tunes_a_trained_model_on_named_large_shapes(tmp_path: Path) -> None:
-    """--init starts from another model's weights (its UNet config, not --model-config); --named-only and --sizes
+    """--init starts from another model's weights and UNet config; --named-only and --sizes
     narrow the data to the world's named colours and shapes of the given sizes."""
     start = td.train(tiny(out=str(tmp_path / "start"), steps=2))
     config = tiny(init=str(tmp_path / "start" / td.EXPORT_DIR), model_config=None, steps=1, lr=1e-12,
@@ -142,7 +142,7 @@ def test_init_fine_tunes_a_trained_model_on_named_large_shapes(tmp_path: Path) -
     assert {spec.size for spec in specs} == {"large"} and all(isinstance(spec.colour, str) for spec in specs)
     assert {spec.shape for spec in specs} <= {"circle", "square", "triangle", "star"}
     with pytest.raises(InvalidInputError, match="samples 16 px; use --image-size 16"):
-        td.train(tiny(init=str(tmp_path / "start" / td.EXPORT_DIR), image_size=32))
+        td.train(tiny(init=str(tmp_path / "start" / td.EXPORT_DIR), model_config=None, image_size=32))
     with pytest.raises(InvalidInputError, match="sizes must be some of small, large"):
         ShapesDataset(4, sizes=("huge",))
 
@@ -150,6 +150,7 @@ def test_init_fine_tunes_a_trained_model_on_named_large_shapes(tmp_path: Path) -
 @pytest.mark.parametrize("flags, message", [
     (["--steps", "0"], "--steps"),
     (["--init", "no/such-model-here"], "no/such-model-here"),
+    (["--init", "shapes-tiny", "--model-config", "{config}"], "give one of them"),
     (["--image-size", "30"], "multiple of 4"),
     (["--ema-decay", "1"], "--ema-decay"),
     (["--model-config", "no-such-config.json"], "cannot read the model config"),
