@@ -75,13 +75,11 @@ def _diffusion() -> Any:
     return CLIPGuidedDiffusionPipeline.from_pretrained("shapes-tiny", ["shapes-tiny"], device="cpu")
 
 
-def _noise() -> Callable[..., Any]:
-    """Noise optimisation as a call: the loop is set up per prompt (a text-conditioned model follows it)."""
-    from pipelines.clip_guided_diffusion import NoiseOptimizationPipeline
+def _noise() -> Any:
+    from pipelines.noise_optimization import NoiseOptimizationPipeline
 
-    diffusion = _diffusion()
-    sampler_steps = NOISE_RECORDED["sampler_steps"]
-    return lambda prompt, **options: NoiseOptimizationPipeline.on(diffusion, prompt, sampler_steps)(prompt, **options)
+    return NoiseOptimizationPipeline.from_pretrained("shapes-tiny", ["shapes-tiny"], device="cpu",
+                                                     sampler_steps=NOISE_RECORDED["sampler_steps"])
 
 
 OPTIMISED = {"size": 64, "steps": 100, "cutn": 16}

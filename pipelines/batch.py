@@ -73,7 +73,7 @@ class Option:
     flag: str  # the pipeline CLI's option, e.g. '--cut-pow'
     convert: Callable[[str], Any]
     repeatable: bool  # a list option, given once per item (e.g. --image-prompt)
-    switch: bool = False  # a boolean option: a flag without a value (e.g. --best-step)
+    switch: bool = False  # a boolean option: a flag without a value (e.g. --best-step, --no-best-step)
 
     def value(self, given: Any) -> Any:
         """A JSON or command-line value as the call takes it (a list for a repeatable option); ValueError if not."""
@@ -97,8 +97,8 @@ class Option:
 
     def argv(self, value: Any) -> list[str]:
         """The pipeline CLI's arguments giving this value."""
-        if self.switch:
-            return [self.flag] if value else []
+        if self.switch:  # either way: the pipeline's own default may be on or off
+            return [self.flag] if value else [f"--no-{self.flag.removeprefix('--')}"]
         return [part for item in (value if self.repeatable else [value]) for part in (self.flag, str(item))]
 
 

@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from pipelines.parsers import (DEFAULT_BACKWARD_LR, DEFAULT_CFG_SCALE, DEFAULT_CLIP_SCALE, DEFAULT_EDIT_BACKWARD_STEPS,
-                               DEFAULT_MODEL, MAX_IMAGES, MAX_INVERSION_REFINE, NOISE_AUGMENT, NOISE_CANDIDATES,
-                               NOISE_CONTRAST, NOISE_ITERATIONS)
+                               DEFAULT_MODEL, MAX_IMAGES, MAX_INVERSION_REFINE)
 from pipelines.parsers import clip_guided_diffusion_parser as build_parser
 
 if __name__ == "__main__":  # parse first: --help and usage errors answer before the heavy imports below
@@ -37,7 +36,6 @@ from generators.diffusion import (GUIDANCE_SCHEDULES, SCHEDULERS, DiffusionModel
                                   final_alpha, guidance_weight, guided_eps, inversion_timesteps, known_diffusion_names,
                                   load_diffusion, make_scheduler, previous_timestep, renoise, save_diffusion,
                                   scheduler_step)
-from generators.diffusion.noise import NoiseGenerator
 from guidance.clip_loss import CLIPLoss, DirectionalCLIPLoss
 from guidance.clip_models import CLIPEncoder, load_clip_ensemble
 from guidance.cutouts import MakeCutouts
@@ -52,7 +50,7 @@ from guidance.validation import MAX_STEPS, check_count, check_some_weight
 from pipelines.common import (DEFAULT_CLIP, InitImages, PipelineOutput, StepCallback, check_batch_outputs,
                               check_cutouts, clean_recipe, command_line, directional_target, edit_mode, finish_cli,
                               frame_of, load_edit_inputs, parse_size, round_size, run_cli, save_partial)
-from pipelines.latent_optimization import LatentOptimizationPipeline
+from pipelines.noise_optimization import NoiseOptimizationPipeline
 from pipelines.ranking import ranking_for
 from pipelines.registry import PipelineSpec
 
@@ -688,54 +686,18 @@ def check_method_options(args: argparse.Namespace, parser: argparse.ArgumentPars
             raise InvalidInputError(f"--{name.replace('_', '-')} applies to --method {wanted}, not {args.method}")
 
 
-class NoiseOptimizationPipeline(LatentOptimizationPipeline):
-    """Noise optimisation (ReNO): the shared latent-optimisation loop over a diffusion model's starting noise,
-    sampled by a short checkpointed DDIM sampler; SGD with Nesterov momentum at lr 5, gradient norms clipped at 0.1,
-    the best image kept, starting from the best of NOISE_CANDIDATES random noises."""
-
-    name = "clip_guided_diffusion_noise"
-    model_key = "model"
-    default_lr = 5.0
-    optimizer = "nesterov"
-    grad_clip = 0.1
-
-    @classmethod
-    def on(cls, pipe: CLIPGuidedDiffusionPipeline, prompt: str, steps: int | None = None,
-           cfg_scale: float | None = None) -> "NoiseOptimizationPipeline":
-        """The loop over `pipe`'s model and CLIP models; a text-conditioned model follows the prompt's texts."""
-        prompts = parse_prompts(prompt) if prompt and prompt.strip() else []
-        positive = ", ".join(p.text for p in prompts if p.weight > 0)
-        negative = ", ".join(p.text for p in prompts if p.weight < 0)
-        if cfg_scale is None and pipe.model.text_conditioned:
-            cfg_scale = DEFAULT_CFG_SCALE
-        generator = NoiseGenerator(pipe.model, steps, positive, negative, cfg_scale)
-        return cls(generator, pipe.clip_models, model_name=pipe.model.name)
-
-    def __call__(self, prompt: str = "", **options: Any) -> PipelineOutput:
-        """The loop's call with ReNO's optimiser, clipping and keep-best as defaults, a best-of-N start and the
-        'geometric' augmentations; `steps` are its iterations.
-
-        Measured on the meaning benchmark (32 prompts, seed 0, docs/shapes_models.md): the best of 32 starts raised
-        the colour hit from 40.6% to 68.8%, and with it 'geometric' beat the 'default' set's colour jitter (65.6% to
-        53.1%)."""
-        settings = {"steps": NOISE_ITERATIONS, "optimizer": self.optimizer, "grad_clip": self.grad_clip,
-                    "best_step": True, "candidates": NOISE_CANDIDATES, "contrast": NOISE_CONTRAST,
-                    "augment": NOISE_AUGMENT, "size": self.generator.model.native_size, **options}
-        return super().__call__(prompt, **settings)
-
-
 def noise_main(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str], output: Path) -> int:
-    """The CLI's `--method noise`: run noise optimisation."""
+    """The CLI's `--method noise`: noise optimisation (pipelines.noise_optimization), with `--steps` the short
+    sampler's and `--iterations` the optimisation's."""
     check_count("--iterations", args.iterations, 1, MAX_STEPS)
     check_count("--num-images", args.num_images, 1, MAX_IMAGES)
     if args.init_image and len(args.init_image) > 1:
         raise InvalidInputError("--method noise edits one image at a time; give one --init-image")
     paths, running = check_batch_outputs(output, args.num_images, args.keep_best, args.video)
     seed = resolve_seed(args.seed)
-    pipe = CLIPGuidedDiffusionPipeline.from_pretrained(args.model, args.clip_model, args.device)
     given = parser.parse_args(argv, argparse.Namespace(steps=None, augment=None))  # None unless given: the method's own
-    steps = given.steps
-    noise = NoiseOptimizationPipeline.on(pipe, args.prompt, steps, args.cfg_scale)
+    noise = NoiseOptimizationPipeline.from_pretrained(args.model, args.clip_model or [DEFAULT_CLIP], args.device,
+                                                      given.steps, args.cfg_scale)
     command = command_line("pipelines.clip_guided_diffusion",
                            [*argv, *([] if args.seed is not None else ["--seed", str(seed)])])
 
@@ -744,13 +706,13 @@ def noise_main(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: 
 
     result = noise(args.prompt, steps=args.iterations, seed=seed, num_images=args.num_images,
                    candidates=args.candidates, contrast=args.contrast,
-                   augment=given.augment or NOISE_AUGMENT,
+                   **({"augment": given.augment} if given.augment else {}),
                    keep_best=args.keep_best, judge_model=args.judge_model, cutn=args.cutn,
                    cut_pow=args.cut_pow, init_image=args.init_image[0] if args.init_image else None,
                    init_weight=args.init_weight, mask=args.mask, source_text=args.source_text,
                    precision=args.precision, save_every=args.save_every, callback=save_progress,
                    **({"size": args.size} if args.size is not None else {}))
-    result.recipe.update(method="noise", sampler_steps=len(noise.generator.timesteps))
+    result.recipe.update(method="noise")
     return finish_cli(result, paths, command, args.video, running=running)
 
 

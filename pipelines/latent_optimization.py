@@ -12,9 +12,10 @@ image along the CLIP direction from the source text to the prompt (DiffusionCLIP
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import time
-from functools import partial
+from functools import partial, wraps
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -77,6 +78,23 @@ def clip_per_image_(grad: torch.Tensor, max_norm: float) -> None:
     grad.mul_(scale.to(grad.dtype).view(-1, *[1] * (grad.ndim - 1)))
 
 
+def with_call_settings(call: Callable[..., PipelineOutput], settings: dict[str, Any]) -> Callable[..., PipelineOutput]:
+    """A pipeline's `call` with other keyword defaults: a subclass's own (`call_settings`), in its signature (what
+    the CLIs, the app and batch jobs read) and in its calls."""
+    signature = inspect.signature(call)
+    unknown = set(settings) - set(signature.parameters)
+    if unknown:
+        raise TypeError(f"{call.__qualname__} has no option {', '.join(sorted(unknown))}")
+
+    @wraps(call)
+    def with_settings(*args: Any, **options: Any) -> PipelineOutput:
+        return call(*args, **{**settings, **options})
+
+    with_settings.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[p.replace(default=settings.get(p.name, p.default)) for p in signature.parameters.values()])
+    return with_settings
+
+
 def best_candidates(latents: torch.Tensor, count: int, losses: Callable[[torch.Tensor], torch.Tensor],
                     chunk: int = CANDIDATE_CHUNK) -> torch.Tensor:
     """Of `latents` (N * count of them, image k's candidates at k, k + count, ...), the `count` whose losses (one
@@ -125,6 +143,13 @@ class LatentOptimizationPipeline:
         """The pipeline the parsed CLI options ask for."""
         return cls.from_pretrained(args.generator, args.model, clip_models, args.device)
 
+    def prepare(self, prompt: str) -> None:
+        """Set up what depends on the prompt before a call (nothing here; a text-conditioned generator follows it)."""
+
+    def generator_recipe(self) -> dict[str, Any]:
+        """The generator's own settings for the recipe, beside its model name (none here)."""
+        return {}
+
     @property
     def size_factor(self) -> int:
         """Output sides are multiples of this."""
@@ -152,6 +177,7 @@ class LatentOptimizationPipeline:
         is bf16 on CUDA GPUs that support it, else fp32; `compile` runs the decode and the loss through
         torch.compile. The generator's `latent_penalty` joins the loss."""
         # 1. Check the settings, before any work.
+        self.prepare(prompt)
         precision = resolve_precision(precision, self.device)
         lr = self.default_lr if lr is None else lr
         settings = self._check_settings(prompt, steps, lr, optimizer, cutn, cut_pow, augment, init_image, init_weight,
@@ -215,7 +241,7 @@ class LatentOptimizationPipeline:
             "grad_clip": grad_clip, "best_step": best_step or None, "keep_best": keep_best,
             "candidates": candidates if candidates > 1 and init is None else None,
             "contrast": contrast if contrast and not source_text else None,
-            "precision": precision, "compile": compile or None, "device": str(self.device),
+            "precision": precision, "compile": compile or None, "device": str(self.device), **self.generator_recipe(),
         })
 
         def render(latent: torch.Tensor) -> torch.Tensor:

@@ -31,13 +31,6 @@ DEFAULT_CLIP_SCALE = 1000.0  # Disco Diffusion's order of magnitude: clip 1000, 
 DEFAULT_CFG_SCALE = 7.5
 MAX_INVERSION_REFINE = 100  # fixed-point refinements per inversion step (each one more UNet pass)
 METHODS = ("sampler", "noise")
-NOISE_ITERATIONS = 50  # ReNO's
-# Noise optimisation's defaults from the meaning benchmark on the shapes DDPM (32 prompts, seed 0; docs/shapes_models.md):
-# the best of 32 starts took the colour hit from 40.6% to 68.8%; 'geometric' beat 'default' (65.6% to 53.1%); the
-# contrast to the empty text moved it by one image in 32, so it stays off.
-NOISE_CANDIDATES = 32
-NOISE_CONTRAST = 0.0
-NOISE_AUGMENT = "geometric"
 # Backward-guidance steps of masked and --source-text edits when not given (0 when generating): without them the
 # shapes benchmark's edits kept the source colour (0% target colour; the inversion edit's raw guidance gradient, RMS
 # 3-180, is clamped to 0.05 and the sample barely moves); with 5 steps at lr 0.1 they change the edited region.
@@ -51,14 +44,16 @@ GUIDANCE_SCHEDULE_NAMES = ("constant", "cosine", "linear")  # generators.diffusi
 def latent_parser(module: str, pipeline: str, add_model_arguments: ModelArguments) -> CLIParser:
     """The command-line options of a latent-optimisation pipeline: the class `pipeline` of `module` (its defaults
     read from the source), with its generator's own options from `add_model_arguments`."""
-    defaults = source_literals("pipelines.latent_optimization", "LatentOptimizationPipeline.__call__")
     attributes = source_literals(module, pipeline)
+    defaults = {**source_literals("pipelines.latent_optimization", "LatentOptimizationPipeline.__call__"),
+                **attributes.get("call_settings", {})}
     parser = CLIParser(prog=f"python -m {module}", description=module_summary(module))
     parser.add_argument("prompt", nargs="?", default="",
                         help="text prompt; 'text:weight:stop' items joined by '|' (negative weights push away)")
     size = attributes["default_size"]
-    parser.add_argument("--size", default=f"{size[0]}x{size[1]}",
-                        help="WIDTH or WIDTHxHEIGHT, rounded down to the generator's factor")
+    parser.add_argument("--size", default=size and f"{size[0]}x{size[1]}",
+                        help="WIDTH or WIDTHxHEIGHT, rounded down to the generator's factor"
+                             + ("" if size else " (default: the model's native size)"))
     parser.add_argument("--steps", type=int, default=defaults["steps"], help=f"optimisation steps, 1 to {MAX_STEPS}")
     parser.add_argument("--lr", type=float, default=attributes["default_lr"], help="learning rate, a finite number > 0")
     parser.add_argument("--optimizer", choices=sorted(OPTIMIZER_NAMES), default=defaults["optimizer"],
@@ -76,12 +71,12 @@ def latent_parser(module: str, pipeline: str, add_model_arguments: ModelArgument
     parser.add_argument("--cutn-batches", type=int, default=defaults["cutn_batches"],
                         help=f"average the CLIP loss over this many batches of --cutn cutouts per step, 1 to "
                              f"{MAX_CUTN_BATCHES} (Disco Diffusion's; memory stays that of one batch)")
-    parser.add_argument("--grad-clip", type=float, default=None,
-                        help="clip each image's latent gradient to this norm (default: no clipping)")
-    parser.add_argument("--best-step", action="store_true",
+    parser.add_argument("--grad-clip", type=float, default=defaults["grad_clip"],
+                        help="clip each image's latent gradient to this norm (not given: no clipping)")
+    parser.add_argument("--best-step", action=argparse.BooleanOptionalAction, default=defaults["best_step"],
                         help="return each image at its lowest-loss step rather than the last (ReNO's keep-best)")
     add_start_arguments(parser, defaults)
-    parser.add_argument("--compile", action="store_true",
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=defaults["compile"],
                         help="run the generator's decode and the CLIP loss through torch.compile (slow first step)")
     add_runtime_arguments(parser)
     return parser
@@ -120,6 +115,22 @@ def generator_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="fft", help="the generator's model (name, file or parameterization)")
 
 
+def noise_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The diffusion model and short sampler of noise optimisation (pipelines.noise_optimization)."""
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="diffusers model: hub id, local folder or built-in name")
+    parser.add_argument("--sampler-steps", type=int, default=None,
+                        help=f"DDIM steps from the noise to the image (default {DEFAULT_NOISE_STEPS}, 1 for one- and "
+                             "few-step models)")
+    parser.add_argument("--cfg-scale", type=float, default=None,
+                        help=f"classifier-free guidance of text-conditioned models (default {DEFAULT_CFG_SCALE:g})")
+
+
+def noise_settings() -> dict[str, Any]:
+    """Noise optimisation's own call defaults (pipelines.noise_optimization), read from its source."""
+    return {**source_literals("pipelines.latent_optimization", "LatentOptimizationPipeline.__call__"),
+            **source_literals("pipelines.noise_optimization", "NoiseOptimizationPipeline")["call_settings"]}
+
+
 def vqgan_arguments(parser: argparse.ArgumentParser) -> None:
     """The VQGAN options (pipelines.vqgan_clip)."""
     parser.add_argument("--vqgan", default=DEFAULT_VQGAN, help="VQGAN name, checkpoint file, folder or hf:// repo")
@@ -156,9 +167,10 @@ def clip_guided_diffusion_parser() -> CLIParser:
                         help="scheduler steps over the whole noise schedule (at most the model's training steps); "
                              f"with --method noise, the short sampler's (if not given: {DEFAULT_NOISE_STEPS}, 1 for "
                              "few-step models)")
-    parser.add_argument("--iterations", type=int, default=NOISE_ITERATIONS,
+    noise = noise_settings()
+    parser.add_argument("--iterations", type=int, default=noise["steps"],
                         help="with --method noise: optimisation steps of the starting noise")
-    add_start_arguments(parser, {"candidates": NOISE_CANDIDATES, "contrast": NOISE_CONTRAST}, "with --method noise: ")
+    add_start_arguments(parser, noise, "with --method noise: ")
     parser.add_argument("--scheduler", choices=sorted(SCHEDULER_NAMES), default=defaults["scheduler"],
                         help="diffusers sampler")
     parser.add_argument("--eta", type=float, default=defaults["eta"],
@@ -199,7 +211,7 @@ def clip_guided_diffusion_parser() -> CLIParser:
                         help="backward guidance's Adam learning rate (in [-1, 1] pixel units for pixel models)")
     parser.add_argument("--cfg-scale", type=float, default=defaults["cfg_scale"],
                         help=f"classifier-free guidance of text-conditioned models (default {DEFAULT_CFG_SCALE:g})")
-    add_guidance_arguments(parser, defaults, "guided step", f" (with --method noise: {NOISE_AUGMENT} if not given)")
+    add_guidance_arguments(parser, defaults, "guided step", f" (with --method noise: {noise['augment']} if not given)")
     parser.add_argument("--num-images", type=int, default=defaults["num_images"],
                         help="sample N images together as one batch (NAME-1.png ... NAME-N.png; not with --init-image)")
     add_ranking_arguments(parser)
@@ -284,7 +296,7 @@ def batch_parser(spec: PipelineSpec | None, options: dict[str, Option]) -> CLIPa
         for option in options.values():
             help_text = f"the default {option.name} of every job (default: the pipeline's own)"
             if option.switch:
-                parser.add_argument(option.flag, dest=option.name, action="store_const", const=True, default=None,
+                parser.add_argument(option.flag, dest=option.name, action=argparse.BooleanOptionalAction, default=None,
                                     help=help_text)
             else:
                 parser.add_argument(option.flag, dest=option.name, type=option.convert, default=None,

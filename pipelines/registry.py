@@ -20,6 +20,7 @@ PIPELINES: dict[str, str] = {
     "vqgan_clip": "pipelines.vqgan_clip",
     "pixels_clip": "pipelines.pixels_clip",
     "clip_guided_diffusion": "pipelines.clip_guided_diffusion",
+    "noise_optimization": "pipelines.noise_optimization",
 }
 
 

@@ -67,8 +67,8 @@ class NoiseGenerator(LatentGenerator):
         limit = step_limit(model)
         if not 1 <= steps <= limit:
             kind = "a few-step model" if limit < model.num_train_timesteps else "its schedule"
-            raise InvalidInputError(f"{model.name} samples in 1 to {limit} steps ({kind}), got --steps {steps}; "
-                                    f"use --steps {min(limit, DEFAULT_NOISE_STEPS)}")
+            raise InvalidInputError(f"{model.name} samples in 1 to {limit} steps ({kind}), got {steps} sampler steps; "
+                                    f"ask for {min(limit, DEFAULT_NOISE_STEPS)}")
         if cfg_scale is not None and not (model.text_conditioned and math.isfinite(cfg_scale)):
             raise InvalidInputError(f"--cfg-scale applies to text-conditioned models; {model.name} is unconditional")
         self.model = model

@@ -24,12 +24,14 @@ from guidance.images import read_recipe
 from guidance.prompts import parse_prompts
 from pipelines import clip_guided_diffusion, registry
 from pipelines.common import run_cli
+from pipelines.noise_optimization import NoiseOptimizationPipeline
 from pipelines.pixels_clip import PixelsCLIPPipeline
 from pipelines.registry import get_pipeline_spec, pipeline_names
 from pipelines.vqgan_clip import VQGANCLIPPipeline
 
 PREVIEW, STATUS, GALLERY, FILES, SEED, RESULTS = range(6)
-VQGAN_CLIP, PIXELS_CLIP, DIFFUSION = "vqgan_clip", "pixels_clip", "clip_guided_diffusion"  # registry names
+VQGAN_CLIP, PIXELS_CLIP, DIFFUSION, NOISE = ("vqgan_clip", "pixels_clip", "clip_guided_diffusion",
+                                             "noise_optimization")  # registry names
 PIXELS_RGB = ModelPolicy.build({PIXELS_CLIP: ["rgb"]})  # the shipped models and Pixels-CLIP's raw-RGB form
 
 
@@ -333,7 +335,8 @@ def test_advanced_fields_start_empty_and_show_the_pipelines_defaults(tmp_path):
     lr = components["generate-lr"].info
     assert f"{VQGANCLIPPipeline.default_lr:g} (VQGAN-CLIP)" in lr
     assert f"{PixelsCLIPPipeline.default_lr:g} (Pixels-CLIP)" in lr
-    assert lr.startswith("VQGAN-CLIP and Pixels-CLIP only")
+    assert f"{NoiseOptimizationPipeline.default_lr:g} (Noise optimisation (diffusion))" in lr
+    assert lr.startswith("VQGAN-CLIP and Pixels-CLIP and Noise optimisation (diffusion) only")
     assert components["generate-clip-scale"].info == (f"CLIP-guided diffusion only; "
                                                       f"empty: {clip_guided_diffusion.DEFAULT_CLIP_SCALE:g}")
     assert components["edit-strength"].value == clip_guided_diffusion.DEFAULT_EDIT_STRENGTH
@@ -348,6 +351,18 @@ def test_pixels_clip_runs_end_to_end_on_the_shipped_clip(app):
     recipe = read_recipe(final[FILES][0])
     assert recipe["pipeline"] == "pixels_clip" and recipe["parameterization"] == "fft" and recipe["size"] == "32x32"
     assert recipe["command"].startswith("python -m pipelines.pixels_clip 'a red circle' --parameterization fft "
+                                        "--clip-model shapes-tiny")
+    assert Image.open(final[FILES][0]).size == (32, 32)
+
+
+def test_noise_optimisation_runs_end_to_end_on_the_shipped_models(app):
+    final = last_outputs(generate(app, "a red circle", method=NOISE, model="shapes-tiny", size="32", steps=2,
+                                  cutn=4))
+    assert "Done: 2 steps" in final[STATUS]
+    recipe = read_recipe(final[FILES][0])
+    assert recipe["pipeline"] == "noise_optimization" and recipe["model"] == "shapes-tiny"
+    assert recipe["sampler_steps"] == 4 and recipe["candidates"] == 32 and recipe["optimizer"] == "nesterov"
+    assert recipe["command"].startswith("python -m pipelines.noise_optimization 'a red circle' --model shapes-tiny "
                                         "--clip-model shapes-tiny")
     assert Image.open(final[FILES][0]).size == (32, 32)
 
@@ -367,7 +382,8 @@ def test_pixels_clip_masked_edit_keeps_the_unpainted_region(app, tmp_path):
     ({"method": PIXELS_CLIP, "model": "fft", "tv_scale": 1.0, "range_scale": 2.0},
      "tv scale and range scale do not apply to Pixels-CLIP; clear them or pick CLIP-guided diffusion"),
     ({"method": DIFFUSION, "lr": 0.2},
-     "learning rate does not apply to CLIP-guided diffusion; clear it or pick VQGAN-CLIP or Pixels-CLIP"),
+     "learning rate does not apply to CLIP-guided diffusion; clear it or pick VQGAN-CLIP or Pixels-CLIP or "
+     "Noise optimisation (diffusion)"),
 ])
 def test_a_set_option_the_pipeline_does_not_take_is_refused_in_one_line(app, overrides, message):
     error, seen = error_of(generate(app, **overrides))

@@ -73,7 +73,7 @@ def test_a_few_step_model_refuses_many_steps_in_one_line():
     with pytest.raises(InvalidInputError) as error:
         NoiseGenerator(model, steps=50)
     message = str(error.value)
-    assert "\n" not in message and "1 to 1 steps" in message and "--steps 1" in message
+    assert "\n" not in message and "1 to 1 steps" in message and "got 50 sampler steps; ask for 1" in message
 
 
 def test_an_unconditional_model_refuses_cfg_scale():

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from guidance.images import read_recipe
-from pipelines.clip_guided_diffusion import CLIPGuidedDiffusionPipeline, NoiseOptimizationPipeline, main
+from pipelines.clip_guided_diffusion import main
+from pipelines.noise_optimization import NoiseOptimizationPipeline
 from pipelines.common import run_cli
 from pipelines.latent_optimization import best_candidates
 
@@ -39,7 +40,7 @@ def test_too_many_steps_for_a_few_step_model_is_one_line(capsys, monkeypatch):
     monkeypatch.setattr(models.DiffusionModel, "info", property(lambda self: {"distilled_steps": 1},
                                                                  lambda self, value: None), raising=False)
     line = one_line_error(capsys, ["a red circle", "--method", "noise", "--steps", "50", *SHAPES, "-o", "x.png"])
-    assert line.startswith("error:") and "1 to 1 steps" in line and "--steps 1" in line
+    assert line.startswith("error:") and "1 to 1 steps" in line and "got 50 sampler steps; ask for 1" in line
 
 
 def test_sampler_only_options_are_refused_with_noise_in_one_line(capsys, tmp_path):
@@ -76,7 +77,7 @@ def test_noise_method_cli_writes_the_best_image_with_its_recipe(tmp_path):
                  "--save-every", "0"]) == 0
     recipe = read_recipe(out)
     assert recipe["candidates"] == 3 and recipe["contrast"] == 0.25
-    assert recipe["pipeline"] == "clip_guided_diffusion_noise" and recipe["method"] == "noise"
+    assert recipe["pipeline"] == "noise_optimization" and recipe["method"] == "noise"
     assert recipe["sampler_steps"] == 2 and recipe["optimizer"] == "nesterov" and recipe["grad_clip"] == 0.1
     assert recipe["best_step"] is True and 1 <= recipe["best_at_step"] <= 4 and recipe["steps_done"] == 4
     assert Image.open(out).size == (32, 32)
@@ -97,8 +98,7 @@ def test_noise_method_makes_a_batch_and_image_2_is_remade_by_its_recipe_command(
 
 
 def test_best_step_returns_the_image_of_the_lowest_loss():
-    pipe = CLIPGuidedDiffusionPipeline.from_pretrained("shapes-tiny", ["shapes-tiny"], device="cpu")
-    noise = NoiseOptimizationPipeline.on(pipe, "a blue square", steps=1)
+    noise = NoiseOptimizationPipeline.from_pretrained("shapes-tiny", ["shapes-tiny"], device="cpu", sampler_steps=1)
     result = noise("a blue square", steps=5, cutn=4, seed=0, lr=50.0, progress=False, save_every=1)
     losses = [entry["loss"] for entry in result.history]
     best = result.recipe["best_at_step"]

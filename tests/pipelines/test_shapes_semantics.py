@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.clip_guided_diffusion import CLIPGuidedDiffusionPipeline, NoiseOptimizationPipeline
+from pipelines.clip_guided_diffusion import CLIPGuidedDiffusionPipeline
+from pipelines.noise_optimization import NoiseOptimizationPipeline
 from pipelines.pixels_clip import PixelsCLIPPipeline
 from training.colour_stats import colour_shares, dominant_colour
 from training.shapes_world import render_canonical
@@ -188,7 +189,7 @@ def test_guided_diffusion_chinese_blue_square_at_the_cli_defaults_is_blue_for_mo
 
 
 def test_noise_optimisation_chinese_red_circle_is_red_for_most_seeds(diffusion_zh):
-    noise = NoiseOptimizationPipeline.on(diffusion_zh, "一个红色的圆形", 4)
+    noise = NoiseOptimizationPipeline(diffusion_zh.model, diffusion_zh.clip_models, sampler_steps=4)
     found = [dominant_colour(noise("一个红色的圆形", steps=30, seed=seed, cutn=16, progress=False,
                                    save_every=0).images[0]) for seed in SEEDS]
     assert found.count("red") >= 2, found

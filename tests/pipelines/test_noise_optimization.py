@@ -1,0 +1,108 @@
+"""`python -m pipelines.noise_optimization`: noise optimisation as a registered pipeline (its own CLI, the app's and
+the batch's method), its call defaults, and one clear line for bad input."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import shlex
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from guidance.images import read_recipe
+from pipelines.batch import main as batch_main
+from pipelines.batch import pipeline_class, pipeline_options
+from pipelines.cli import call_defaults
+from pipelines.common import run_cli
+from pipelines.latent_optimization import LatentOptimizationPipeline, with_call_settings
+from pipelines.noise_optimization import NoiseOptimizationPipeline, main
+from pipelines.parsers import latent_parser, noise_model_arguments
+from pipelines.registry import get_pipeline_spec, pipeline_names
+
+SHAPES = ["--model", "shapes-tiny", "--clip-model", "shapes-tiny", "--device", "cpu"]
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    """Run the CLI expecting exit code 2 and one stderr line; return that line."""
+    assert run_cli(main, argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_call_settings_are_the_signatures_defaults_and_the_calls():
+    seen = {}
+
+    def call(prompt: str = "", *, steps: int = 300, lr: float | None = None) -> dict:
+        seen.update(steps=steps, lr=lr)
+        return seen
+
+    tuned = with_call_settings(call, {"steps": 50})
+    assert call_defaults(tuned) == {"prompt": "", "steps": 50, "lr": None}
+    assert tuned("x") == {"steps": 50, "lr": None} and tuned("x", steps=7, lr=0.1) == {"steps": 7, "lr": 0.1}
+    with pytest.raises(TypeError, match="no option stpes"):
+        with_call_settings(call, {"stpes": 50})
+
+
+def test_noise_defaults_reach_the_call_the_cli_and_the_batch():
+    defaults = call_defaults(NoiseOptimizationPipeline.__call__)
+    for name, value in NoiseOptimizationPipeline.call_settings.items():
+        assert defaults[name] == value, name
+    assert call_defaults(LatentOptimizationPipeline.__call__)["steps"] == 300  # the base keeps its own
+    args = latent_parser("pipelines.noise_optimization", "NoiseOptimizationPipeline",
+                         noise_model_arguments).parse_args([])
+    assert (args.steps, args.optimizer, args.grad_clip, args.best_step, args.candidates, args.augment, args.lr,
+            args.size, args.sampler_steps) == (50, "nesterov", 0.1, True, 32, "geometric", 5.0, None, None)
+    assert latent_parser("pipelines.noise_optimization", "NoiseOptimizationPipeline",
+                         noise_model_arguments).parse_args(["--no-best-step"]).best_step is False
+    assert set(inspect.signature(NoiseOptimizationPipeline.__call__).parameters) == set(
+        inspect.signature(LatentOptimizationPipeline.__call__).parameters)
+
+
+def test_every_registered_pipeline_has_one_class_for_batches():
+    for name in pipeline_names():
+        spec = get_pipeline_spec(name)
+        assert pipeline_options(pipeline_class(spec), spec), name
+    assert "noise_optimization" in pipeline_names()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sampler-steps", "0"], "1 to 1000 steps"),
+    (["--steps", "0"], "--steps"),
+    (["--cfg-scale", "3"], "--cfg-scale applies to text-conditioned models"),
+    (["--candidates", "1000"], "--candidates"),
+])
+def test_bad_input_is_one_line(capsys, tmp_path, argv, message):
+    line = one_line_error(capsys, ["a red circle", *SHAPES, *argv, "-o", str(tmp_path / "x.png")])
+    assert line.startswith("error:") and message in line, line
+
+
+def test_cli_writes_the_image_with_its_recipe_and_the_command_remakes_it(tmp_path):
+    out = tmp_path / "noise.png"
+    argv = ["a red circle", *SHAPES, "--sampler-steps", "2", "--steps", "3", "--cutn", "4", "--candidates", "3",
+            "--seed", "5", "--save-every", "0", "-o", str(out)]
+    assert main(argv) == 0
+    recipe = read_recipe(out)
+    assert recipe["pipeline"] == "noise_optimization" and recipe["model"] == "shapes-tiny"
+    assert (recipe["sampler_steps"], recipe["steps"], recipe["candidates"], recipe["optimizer"],
+            recipe["grad_clip"], recipe["best_step"], recipe["augment"]) == (2, 3, 3, "nesterov", 0.1, True, "geometric")
+    assert Image.open(out).size == (32, 32)
+    again = shlex.split(recipe["command"])
+    assert again[:3] == ["python", "-m", "pipelines.noise_optimization"]
+    again[again.index("-o") + 1] = str(tmp_path / "again.png")
+    assert main(again[3:]) == 0
+    before, after = (np.asarray(Image.open(p), dtype=int) for p in (out, tmp_path / "again.png"))
+    assert np.abs(before - after).max() <= 1
+
+
+def test_a_batch_job_turns_best_step_off_and_its_command_says_so(tmp_path):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"prompt": "a red circle", "id": "last", "best_step": False}) + "\n")
+    out = tmp_path / "out"
+    assert run_cli(batch_main, [str(jobs), "--output-dir", str(out), "--pipeline", "noise_optimization", *SHAPES,
+                                "--steps", "2", "--cutn", "2", "--candidates", "2"]) == 0
+    recipe = read_recipe(out / "last.png")
+    assert recipe["pipeline"] == "noise_optimization" and "best_step" not in recipe
+    assert "--no-best-step" in shlex.split(recipe["command"])
