@@ -367,6 +367,18 @@ def test_noise_optimisation_runs_end_to_end_on_the_shipped_models(app):
     assert Image.open(final[FILES][0]).size == (32, 32)
 
 
+def test_noise_optimisation_masked_edit_keeps_the_unpainted_region(app, tmp_path):
+    final = last_outputs(edit(app, photo_editor(tmp_path, painted=(8, 8, 23, 23), size=32), method=NOISE,
+                              model="shapes-tiny", steps=2))
+    result_path, init_path, mask_path = map(Path, final[FILES])
+    recipe = read_recipe(result_path)
+    assert recipe["pipeline"] == "noise_optimization" and Path(recipe["mask"]).name == "mask.png"
+    assert recipe["command"].startswith("python -m pipelines.noise_optimization 'a blue circle'")
+    result, init = (np.asarray(Image.open(p).convert("RGB")).astype(int) for p in (result_path, init_path))
+    outside = np.asarray(Image.open(mask_path)) == 0
+    assert np.abs(result - init)[outside].max() <= 1 and np.abs(result - init)[~outside].mean() > 1
+
+
 def test_pixels_clip_masked_edit_keeps_the_unpainted_region(app, tmp_path):
     final = last_outputs(edit(app, photo_editor(tmp_path, painted=(8, 8, 23, 23)), method=PIXELS_CLIP, model="rgb",
                               steps=3))
