@@ -84,7 +84,13 @@ class RunConfig(OptimisationConfig):
 
 def batch_at(dataset: Dataset, step: int, batch_size: int) -> torch.Tensor:
     """The images of one step's batch: items `step * batch_size` onwards of the stream."""
-    return torch.stack([dataset[index][0] for index in range(step * batch_size, (step + 1) * batch_size)])
+    return captioned_batch_at(dataset, step, batch_size)[0]
+
+
+def captioned_batch_at(dataset: Dataset, step: int, batch_size: int) -> tuple[torch.Tensor, list[str]]:
+    """The images and captions of one step's batch of an (image, caption) stream."""
+    items = [dataset[index] for index in range(step * batch_size, (step + 1) * batch_size)]
+    return torch.stack([image for image, _ in items]), [caption for _, caption in items]
 
 
 # --- optimisation -------------------------------------------------------------------------------------

@@ -1,11 +1,15 @@
-"""Train a small unconditional DDPM (a diffusers UNet2DModel predicting noise) on the shapes world.
+"""Train a small DDPM (a diffusers UNet2DModel predicting noise) on the shapes world, unconditional or following
+a CLIP's text embedding of each image's caption (`--condition-clip`).
 
 Each step noises a batch of shapes-world images (scaled to [-1, 1]) to uniformly drawn timesteps of a 1000-step
 cosine schedule and regresses the noise with min-SNR-gamma weighted MSE (AdamW, warm-up then cosine decay,
 gradient clipping; training/core.py's shared schedule, decaying to a tenth of the peak). An exponential moving
 average of the weights (diffusers' EMAModel), its decay warmed up as (1 + step) / (10 + step), is what is evaluated
 and exported. Batches, noise and timesteps depend only on (seed, step), and the optimiser, schedule and EMA are
-checkpointed, so a resumed run equals an uninterrupted one. Evaluations sample with DDIM, save a grid
+checkpointed, so a resumed run equals an uninterrupted one. With `--condition-clip NAME` the UNet also takes the
+CLIP's unit text embedding of the caption (times CONDITIONING_SCALE), added to its timestep embedding, and a share
+`--condition-dropout` of the captions is replaced by the zero vector, the unconditional input of classifier-free
+guidance; evaluations then also sample the 32 colour-shape prompts and count the samples in the asked colour. Evaluations sample with DDIM, save a grid
 PNG and count the samples that show one clear single-coloured shape (pixel statistics, no CLIP). The result,
 `out/model`, is a diffusers folder for `load_diffusion`; shipped as generators/weights/shapes-tiny-ddpm
 (the built-in model 'shapes-tiny').
@@ -31,21 +35,26 @@ from diffusers import DDPMScheduler, UNet2DModel
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from generators.diffusion import PixelDiffusion, load_diffusion, make_scheduler, save_diffusion, scheduler_step
-from generators.diffusion.models import downsampling_factor
+from generators.diffusion import (ClipConditionedDiffusion, PixelDiffusion, TextCondition, load_diffusion,
+                                  make_scheduler, save_diffusion, scheduler_step)
+from generators.diffusion.models import conditioning_vectors, downsampling_factor
 from guidance.checkpoints import load_state_dict, save_state_dict
+from guidance.clip_models import load_clip
+from guidance.encoder import CLIPEncoder
 from guidance.errors import InvalidInputError
 from training import core
 from training import shapes_world as world
 from training.colour_stats import single_shape_colour
-from training.core import (CHECKPOINTS, EMA, EVAL_SEED, WEIGHTS_FILE, Flag, Optimisation, RunConfig, batch_at,
-                           check_run, on_threads, parse_run_config, restore, resume_step, run_steps,
+from training.core import (CHECKPOINTS, EMA, EVAL_SEED, WEIGHTS_FILE, Flag, Optimisation, RunConfig,
+                           captioned_batch_at, check_run, on_threads, parse_run_config, restore, resume_step, run_steps,
                            train_and_summarise, write_metrics)
 
 EVAL_LOSS_IMAGES = 64
 EXPORT_DIR = "model"
 MODEL_NAME = "shapes-tiny"
 CONFIG_METADATA_KEY = "unet_config"
+CONDITIONING_SCALE = 4.0  # norm of the condition vector: about that of shapes-tiny's timestep embedding (3.9-5.0)
+EVAL_CFG_SCALE = 3.0  # classifier-free guidance of the evaluation's prompted samples
 GRID_SCALE = 4  # sample grids are upscaled (nearest) so that 32 px images can be looked at
 SCHEDULER_CONFIG: dict[str, Any] = {
     "_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2",
@@ -77,6 +86,8 @@ class TrainConfig(RunConfig):
     named_only: bool = False
     sizes: tuple[str, ...] = tuple(world.SIZES)
     init: str | None = None
+    condition_clip: str | None = None
+    condition_dropout: float = 0.1
 
 
 # The command-line flags of the fields particular to this trainer (the shared ones are core's); each
@@ -95,6 +106,10 @@ FLAGS: tuple[Flag, ...] = (
     ("--sizes", {"nargs": "+", "choices": list(world.SIZES), "help": "the shape sizes to train on"}),
     ("--init", {"help": "start from this diffusion model's weights (a built-in name or a diffusers folder) and "
                         "its UNet config; not with --model-config"}),
+    ("--condition-clip", {"help": "condition the UNet on this CLIP's text embeddings of the captions (a CLIP name, "
+                                  "e.g. shapes-tiny, whose embedding width is the UNet's timestep-embedding width)"}),
+    ("--condition-dropout", {"type": float, "help": "share of captions replaced by the unconditional input (for "
+                                                    "classifier-free guidance)"}),
 )
 
 
@@ -127,8 +142,21 @@ def initial_unet(name: str) -> UNet2DModel:
     return model.unet
 
 
-def build_model(config: TrainConfig) -> UNet2DModel:
-    """A trainable RGB UNet2DModel of the run's config, initialised from `config.seed` (or from `config.init`)."""
+def with_condition_input(unet: UNet2DModel, width: int) -> UNet2DModel:
+    """The same UNet, weights kept, with an input for a `width`-wide condition vector added to its timestep
+    embedding (`class_embed_type='identity'`)."""
+    time_width = unet.config.block_out_channels[0] * 4
+    if width != time_width:
+        raise InvalidInputError(f"the conditioning CLIP embeds texts in {width} dimensions, the UNet's timestep "
+                                f"embedding has {time_width}; use a UNet with block_out_channels[0] = {width // 4}")
+    conditioned = UNet2DModel.from_config(unet.config, class_embed_type="identity")
+    conditioned.load_state_dict(unet.state_dict())
+    return conditioned
+
+
+def build_model(config: TrainConfig, condition_width: int | None = None) -> UNet2DModel:
+    """A trainable RGB UNet2DModel of the run's config, initialised from `config.seed` (or from `config.init`),
+    with an input for a condition vector when `condition_width` is given."""
     try:
         if config.init:
             unet = initial_unet(config.init)
@@ -144,6 +172,8 @@ def build_model(config: TrainConfig) -> UNet2DModel:
         raise InvalidInputError(f"the model config does not build a UNet2DModel: {reason}") from None
     if unet.config.in_channels != 3 or unet.config.out_channels != 3:
         raise InvalidInputError("the model config must have in_channels and out_channels 3 (RGB pixels)")
+    if condition_width is not None:
+        unet = with_condition_input(unet, condition_width)
     factor = downsampling_factor(unet.config.block_out_channels)
     if config.image_size < 16 or config.image_size % factor:
         raise InvalidInputError(f"--image-size {config.image_size} must be at least 16 and a multiple of {factor} "
@@ -165,12 +195,14 @@ def step_noise(shape: Sequence[int], seed: int, step: int, timesteps: int) -> tu
 
 
 def diffusion_loss(unet: UNet2DModel, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
-                   alphas_cumprod: torch.Tensor, snr_gamma: float = 0.0) -> torch.Tensor:
-    """Noise-prediction MSE of samples x0 (in [-1, 1]) noised to timesteps t, each image weighted by
-    min(1, snr_gamma / SNR(t)) when `snr_gamma` is set (min-SNR weighting), else plainly averaged."""
+                   alphas_cumprod: torch.Tensor, snr_gamma: float = 0.0,
+                   vectors: torch.Tensor | None = None) -> torch.Tensor:
+    """Noise-prediction MSE of samples x0 (in [-1, 1]) noised to timesteps t (under condition `vectors`, for a
+    conditioned UNet), each image weighted by min(1, snr_gamma / SNR(t)) when `snr_gamma` is set (min-SNR
+    weighting), else plainly averaged."""
     alpha = alphas_cumprod[t].view(-1, 1, 1, 1)
     noisy = alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise
-    per_image = F.mse_loss(unet(noisy, t).sample, noise, reduction="none").mean((1, 2, 3))
+    per_image = F.mse_loss(unet(noisy, t, class_labels=vectors).sample, noise, reduction="none").mean((1, 2, 3))
     if snr_gamma:
         per_image = per_image * (snr_gamma * (1 - alpha.flatten()) / alpha.flatten()).clamp(max=1.0)
     return per_image.mean()
@@ -182,11 +214,21 @@ def build_optimisation(unet: UNet2DModel, config: TrainConfig) -> Optimisation:
                         config.grad_clip, final_lr_share=0.1)
 
 
+def caption_vectors(encoder: CLIPEncoder, captions: list[str], seed: int, step: int, dropout: float) -> torch.Tensor:
+    """The condition vectors of one step's captions, a share `dropout` of them (drawn from (seed, step)) replaced
+    by the unconditional zero vector."""
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, 1]).generate_state(1)[0]))
+    dropped = (torch.rand(len(captions), generator=generator) < dropout).tolist()
+    texts = ["" if drop else caption for caption, drop in zip(captions, dropped)]
+    return conditioning_vectors(encoder, texts, CONDITIONING_SCALE)
+
+
 def train_step(unet: UNet2DModel, ema: EMA, optimisation: Optimisation, images: torch.Tensor, step: int,
-               alphas_cumprod: torch.Tensor, config: TrainConfig) -> float:
-    """One optimiser step on images in [0, 1], then the EMA update; returns the step's loss."""
+               alphas_cumprod: torch.Tensor, config: TrainConfig, vectors: torch.Tensor | None = None) -> float:
+    """One optimiser step on images in [0, 1] (under condition `vectors`, for a conditioned UNet), then the EMA
+    update; returns the step's loss."""
     noise, t = step_noise(images.shape, config.seed, step, len(alphas_cumprod))
-    loss = diffusion_loss(unet, images * 2 - 1, noise, t, alphas_cumprod, config.snr_gamma)
+    loss = diffusion_loss(unet, images * 2 - 1, noise, t, alphas_cumprod, config.snr_gamma, vectors)
     optimisation.step(loss)
     ema.step(unet.parameters())
     return float(loss.detach())
@@ -196,14 +238,27 @@ def train_step(unet: UNet2DModel, ema: EMA, optimisation: Optimisation, images: 
 
 
 @torch.no_grad()
-def sample(model: PixelDiffusion, count: int, steps: int = 50, seed: int = EVAL_SEED) -> torch.Tensor:
-    """`count` unguided deterministic DDIM samples (eta 0, `steps` steps) at the model's size, in [0, 1]."""
+def sample(model: PixelDiffusion, count: int, steps: int = 50, seed: int = EVAL_SEED,
+           condition: TextCondition | None = None) -> torch.Tensor:
+    """`count` deterministic DDIM samples (eta 0, `steps` steps) at the model's size, in [0, 1]: unguided, or
+    following `condition` (one vector per sample) for a conditioned model."""
     sampler = make_scheduler("ddim", model.scheduler_config, steps)
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn((count, *model.sample_shape(*model.native_size)), generator=generator)
     for t in sampler.timesteps.tolist():
-        x, _ = scheduler_step(sampler, model.predict_eps(x, t), t, x, 0.0, generator)
+        x, _ = scheduler_step(sampler, model.predict_eps(x, t, condition), t, x, 0.0, generator)
     return model.to_image(x).clamp(0, 1)
+
+
+def prompted_samples(model: ClipConditionedDiffusion, count: int, steps: int) -> tuple[torch.Tensor, list[str]]:
+    """`count` samples of a conditioned model, prompted in turn with the world's colour-shape pairs (classifier-free
+    guidance at EVAL_CFG_SCALE), and the colour each was asked for."""
+    pairs = [(colour, shape) for colour in world.COLOURS for shape in world.SHAPES]
+    asked = [pairs[(index * 5) % len(pairs)] for index in range(count)]  # 5 is coprime with 32: every pair in turn
+    vectors = conditioning_vectors(model.encoder, [world.with_articles(f"a {c} {s}") for c, s in asked],
+                                   model.embedding_scale)
+    images = sample(model, count, steps, condition=TextCondition(vectors, torch.zeros_like(vectors), EVAL_CFG_SCALE))
+    return images, [colour for colour, _ in asked]
 
 
 def as_arrays(images: torch.Tensor) -> list[np.ndarray]:
@@ -219,23 +274,33 @@ def shape_statistics(images: torch.Tensor) -> dict[str, Any]:
             "colours": {name: found.count(name) for name in sorted(set(found))}}
 
 
-def eval_batch(config: TrainConfig, timesteps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fixed data for the evaluation loss: images of the run's split in [-1, 1], noise, and evenly spread timesteps."""
+def eval_batch(config: TrainConfig, timesteps: int, encoder: CLIPEncoder | None) -> tuple[torch.Tensor, ...]:
+    """Fixed data for the evaluation loss: images of the run's split in [-1, 1], noise, evenly spread timesteps,
+    and for a conditioned run its captions' condition vectors (none dropped)."""
     dataset = world.ShapesDataset(EVAL_LOSS_IMAGES, EVAL_SEED, config.split, config.image_size,
                                   unnamed=not config.named_only, sizes=config.sizes)
-    x0 = batch_at(dataset, 0, EVAL_LOSS_IMAGES) * 2 - 1
-    noise, _ = step_noise(x0.shape, EVAL_SEED, 0, timesteps)
-    return x0, noise, torch.linspace(0, timesteps - 1, EVAL_LOSS_IMAGES).round().long()
+    images, captions = captioned_batch_at(dataset, 0, EVAL_LOSS_IMAGES)
+    noise, _ = step_noise(images.shape, EVAL_SEED, 0, timesteps)
+    vectors = None if encoder is None else caption_vectors(encoder, captions, EVAL_SEED, 0, 0.0)
+    return images * 2 - 1, noise, torch.linspace(0, timesteps - 1, EVAL_LOSS_IMAGES).round().long(), vectors
 
 
 @torch.no_grad()
 def evaluate(model: PixelDiffusion, fixed: tuple[torch.Tensor, torch.Tensor, torch.Tensor], config: TrainConfig,
              grid: Path | None) -> dict[str, Any]:
     """Plain noise-prediction MSE on the fixed batch, and the shape statistics of `eval_count` DDIM samples
-    (saved as a grid PNG at `grid` when given)."""
-    metrics: dict[str, Any] = {"eval_loss": float(diffusion_loss(model.unet, *fixed, model.alphas_cumprod.float()))}
+    (saved as a grid PNG at `grid` when given); a conditioned model's samples are prompted with the colour-shape
+    pairs, and the share showing a clear shape of the asked colour is added."""
+    x0, noise, t, vectors = fixed
+    metrics: dict[str, Any] = {"eval_loss": float(diffusion_loss(model.unet, x0, noise, t, model.alphas_cumprod.float(),
+                                                                 vectors=vectors))}
     if config.eval_count:
-        images = sample(model, config.eval_count, config.sample_steps)
+        if isinstance(model, ClipConditionedDiffusion):
+            images, asked = prompted_samples(model, config.eval_count, config.sample_steps)
+            colours = [single_shape_colour(image) for image in as_arrays(images)]
+            metrics["asked_colour"] = sum(c == a for c, a in zip(colours, asked)) / len(asked)
+        else:
+            images = sample(model, config.eval_count, config.sample_steps)
         metrics.update(shape_statistics(images))
         if grid is not None:
             grid.parent.mkdir(parents=True, exist_ok=True)
@@ -287,6 +352,8 @@ def _check(config: TrainConfig) -> None:
         raise InvalidInputError("--ema-decay must be in [0, 1) and --snr-gamma 0 or more")
     if config.eval_count < 0 or config.sample_steps < 1:
         raise InvalidInputError("--eval-count must be 0 or more and --sample-steps at least 1")
+    if not 0 <= config.condition_dropout < 1:
+        raise InvalidInputError(f"--condition-dropout {config.condition_dropout} must be in [0, 1)")
     if config.init and config.model_config:
         raise InvalidInputError("--init fine-tunes a model with its own UNet config and --model-config builds a new "
                                 "one; give one of them")
@@ -299,6 +366,8 @@ def _report(step: int, metrics: dict[str, Any], count: int) -> None:
     if "clear_shapes" in metrics:
         line += (f", {round(metrics['clear_shapes'] * count)}/{count} samples show one clear single-colour shape "
                  f"{metrics['colours']}")
+    if "asked_colour" in metrics:
+        line += f"; {round(metrics['asked_colour'] * count)}/{count} in the asked colour"
     tqdm.write(line)
 
 
@@ -318,11 +387,16 @@ def train(config: TrainConfig) -> PixelDiffusion:
     """Train a DDPM as `config` says; returns the EMA model, exported to `config.out/model` when `out` is set."""
     _check(config)
     started = time.perf_counter()
-    unet = build_model(config)
+    encoder = load_clip(config.condition_clip).requires_grad_(False) if config.condition_clip else None
+    unet = build_model(config, None if encoder is None else encoder.embed_dim)
     ema = EMA(unet, config.ema_decay)
-    info = {"training": {key: value for key, value in asdict(config).items()
-                         if key not in ("out", "resume", "threads", "progress")}}
-    model = PixelDiffusion(ema.module, SCHEDULER_CONFIG, MODEL_NAME, info)
+    info: dict[str, Any] = {"training": {key: value for key, value in asdict(config).items()
+                                         if key not in ("out", "resume", "threads", "progress")}}
+    if encoder is None:
+        model = PixelDiffusion(ema.module, SCHEDULER_CONFIG, MODEL_NAME, info)
+    else:
+        info["conditioning"] = {"clip": config.condition_clip, "scale": CONDITIONING_SCALE}
+        model = ClipConditionedDiffusion(ema.module, encoder, SCHEDULER_CONFIG, MODEL_NAME, info)
     optimisation = build_optimisation(unet, config)
     alphas_cumprod = noise_schedule()
     torch.manual_seed(config.seed)  # only dropout (off in shapes_tiny_config) draws from the global generator
@@ -331,13 +405,15 @@ def train(config: TrainConfig) -> PixelDiffusion:
                         lambda path: load_checkpoint(path, unet, ema, optimisation))
     dataset = world.ShapesDataset(config.steps * config.batch_size, config.seed, config.split, config.image_size,
                                   unnamed=not config.named_only, sizes=config.sizes)
-    fixed = eval_batch(config, len(alphas_cumprod))
+    fixed = eval_batch(config, len(alphas_cumprod), encoder)
     losses: list[float] = []
 
     def step(index: int) -> dict[str, str]:
         """One training step; what the progress bar shows."""
-        losses.append(train_step(unet, ema, optimisation, batch_at(dataset, index, config.batch_size), index,
-                                 alphas_cumprod, config))
+        images, captions = captioned_batch_at(dataset, index, config.batch_size)
+        vectors = None if encoder is None else caption_vectors(encoder, captions, config.seed, index,
+                                                               config.condition_dropout)
+        losses.append(train_step(unet, ema, optimisation, images, index, alphas_cumprod, config, vectors))
         return {"loss": f"{np.mean(losses[-50:]):.4f}"}
 
     def report(done: int) -> None:

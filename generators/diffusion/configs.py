@@ -14,7 +14,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel, UNet2DModel
 from open_clip.tokenizer import bytes_to_unicode
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from generators.diffusion.models import LatentDiffusion, PixelDiffusion
+from generators.diffusion.models import ClipConditionedDiffusion, LatentDiffusion, PixelDiffusion
+from guidance.clip_models import load_clip
 
 DDPM_256_UNET: dict[str, Any] = {
     "sample_size": 256, "in_channels": 3, "out_channels": 3, "layers_per_block": 2,
@@ -105,3 +106,13 @@ def random_latent_model(architecture: str = "tiny", seed: int = 0) -> LatentDiff
     tokenizer = character_tokenizer(text_config["max_position_embeddings"])
     return LatentDiffusion(unet, vae, text_encoder, tokenizer, scheduler_config, f"random-{architecture}")
 
+
+
+def random_clip_conditioned_model(seed: int = 0) -> ClipConditionedDiffusion:
+    """A tiny pixel UNet with random weights that follows the built-in shapes-tiny CLIP's text embeddings (128 wide,
+    as its timestep embedding is)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        unet = UNet2DModel(**TINY_UNET, class_embed_type="identity")
+    return ClipConditionedDiffusion(unet, load_clip("shapes-tiny"), DDPM_SCHEDULER, "random-clip-conditioned",
+                                    {"conditioning": {"clip": "shapes-tiny", "scale": 4.0}})

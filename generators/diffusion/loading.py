@@ -21,7 +21,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel, UNet2DModel
 from huggingface_hub import snapshot_download
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from generators.diffusion.models import DiffusionModel, LatentDiffusion, PixelDiffusion
+from generators.diffusion.models import ClipConditionedDiffusion, DiffusionModel, LatentDiffusion, PixelDiffusion
+from guidance.clip_models import load_clip
 from guidance.errors import InvalidInputError, ModelUnavailableError, first_line
 from guidance.network import HUB_HOST, host_reachable, hub_offline
 
@@ -117,6 +118,15 @@ def _component(cls: Any, source: str, subfolder: str | None, offline: bool, spec
                                     f"({first_line(error)}); {LOCAL_FOLDER_HINT}") from None
 
 
+def _conditioning_clip(info: dict[str, Any], spec: str) -> torch.nn.Module:
+    """The CLIP whose text embeddings a CLIP-conditioned UNet follows, as its folder's info names it."""
+    conditioning = info.get("conditioning") or {}
+    if not conditioning.get("clip") or "scale" not in conditioning:
+        raise InvalidInputError(f"{spec}: its UNet takes a condition vector, but its {INFO_FILE} names no "
+                                "conditioning CLIP and scale ({'conditioning': {'clip': NAME, 'scale': S}})")
+    return load_clip(str(conditioning["clip"]))
+
+
 def load_diffusion(name_or_path: str | Path, device: str | torch.device | None = None) -> DiffusionModel:
     """Load a frozen diffusers model by built-in name, local folder, or hub repo id (downloaded once, then cached)."""
     spec = str(name_or_path).strip()
@@ -136,7 +146,11 @@ def load_diffusion(name_or_path: str | Path, device: str | torch.device | None =
     kind = unet_config.get("_class_name")
     if kind == "UNet2DModel" and unet_config.get("in_channels", 3) == 3:
         unet = _component(UNet2DModel, source, unet_folder, offline, spec)
-        model: DiffusionModel = PixelDiffusion(unet, scheduler_config, name, info)
+        if unet_config.get("class_embed_type") == "identity":
+            model: DiffusionModel = ClipConditionedDiffusion(unet, _conditioning_clip(info, spec), scheduler_config,
+                                                             name, info)
+        else:
+            model = PixelDiffusion(unet, scheduler_config, name, info)
     elif kind == "UNet2DConditionModel" and unet_folder is not None and (folder / "vae").is_dir():
         model = LatentDiffusion(_component(UNet2DConditionModel, source, "unet", offline, spec),
                                 _component(AutoencoderKL, source, "vae", offline, spec),
@@ -145,7 +159,7 @@ def load_diffusion(name_or_path: str | Path, device: str | torch.device | None =
                                 scheduler_config, name, info)
     else:
         raise InvalidInputError(f"{spec} holds a {kind} the toolkit cannot drive; supported: UNet2DModel on RGB pixels "
-                                "(google/ddpm-*) and Stable Diffusion 1.x/2.x (UNet2DConditionModel + AutoencoderKL)")
+                                "(google/ddpm-*, or CLIP-conditioned) and Stable Diffusion 1.x/2.x (UNet2DConditionModel + AutoencoderKL)")
     return model if device is None else model.to(device)
 
 

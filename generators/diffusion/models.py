@@ -1,14 +1,15 @@
 """Diffusers denoisers behind one interface: predicted noise and x0, the noise schedule, images in and out.
 
 `PixelDiffusion` wraps an unconditional UNet2DModel that works on [-1, 1] pixels (google/ddpm-*-256);
-`LatentDiffusion` wraps the Stable Diffusion 1.x/2.x parts: a text-conditioned UNet2DConditionModel on the
+`ClipConditionedDiffusion` one that also takes a CLIP text embedding (added to its timestep embedding, as unCLIP's
+decoder does); `LatentDiffusion` wraps the Stable Diffusion 1.x/2.x parts: a text-conditioned UNet2DConditionModel on the
 latents of an AutoencoderKL, conditioned by a CLIPTextModel. Both are plain frozen modules.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, UNet2DModel
@@ -23,9 +24,22 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 class TextCondition:
     """What a text-conditioned UNet follows: the prompt's embeddings, and a negative one for classifier-free guidance."""
 
-    embeddings: torch.Tensor  # (1, tokens, width)
-    negative: torch.Tensor | None = None  # (1, tokens, width), used when scale != 1
+    embeddings: torch.Tensor  # (1, tokens, width) token-wise, or (1, width) pooled
+    negative: torch.Tensor | None = None  # the same shape, used when scale != 1
     scale: float = 1.0
+
+
+def classifier_free(unet_call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
+                    condition: TextCondition) -> torch.Tensor:
+    """`unet_call(x, condition batch)` for samples x, mixed as `uncond + scale * (cond - uncond)` when the
+    condition has a negative (classifier-free guidance), both halves in one UNet pass."""
+    batch = x.shape[0]
+    positive = condition.embeddings.expand(batch, *condition.embeddings.shape[1:])
+    if condition.negative is None:
+        return unet_call(x, positive)
+    negative = condition.negative.expand(batch, *condition.negative.shape[1:])
+    unconditional, conditional = unet_call(torch.cat([x, x]), torch.cat([negative, positive])).chunk(2)
+    return unconditional + condition.scale * (conditional - unconditional)
 
 
 def downsampling_factor(block_out_channels: Any) -> int:
@@ -166,6 +180,49 @@ class PixelDiffusion(DiffusionModel):
         return PixelDiffusion(unet, self.scheduler_config, self.name, self.info)
 
 
+def conditioning_vectors(encoder: nn.Module, texts: Sequence[str], scale: float) -> torch.Tensor:
+    """What a CLIP-conditioned UNet adds to its timestep embedding for each text: the CLIP's unit text embedding
+    times `scale` (B, width); an empty text gives the zero vector, the unconditional input."""
+    vectors = torch.zeros(len(texts), int(encoder.embed_dim), device=encoder.device)
+    given = [index for index, text in enumerate(texts) if text.strip()]
+    if given:
+        with torch.no_grad():
+            vectors[given] = encoder.encode_text([texts[index] for index in given]).float() * scale
+    return vectors
+
+
+class ClipConditionedDiffusion(PixelDiffusion):
+    """A pixel UNet2DModel that follows a text through a CLIP's embedding of it, added to the timestep embedding
+    (`class_embed_type='identity'`); trained with the condition dropped to zero at times, so the zero vector is
+    its unconditional input for classifier-free guidance. Its folder's `clip_guidance.json` names the CLIP
+    (`conditioning.clip`) and the embedding's scale (`conditioning.scale`)."""
+
+    text_conditioned = True
+
+    def __init__(self, unet: UNet2DModel, encoder: nn.Module, scheduler_config: dict[str, Any], name: str,
+                 info: dict[str, Any]):
+        super().__init__(unet, scheduler_config, name, info)
+        self.encoder = encoder.eval().requires_grad_(False)
+        self.embedding_scale = float(self.info["conditioning"]["scale"])
+
+    def condition(self, prompt: str, negative: str = "", scale: float = 1.0) -> TextCondition:
+        """The prompt's conditioning vector, and the negative text's (zero when empty) under classifier-free
+        guidance (scale != 1)."""
+        vectors = conditioning_vectors(self.encoder, [prompt, negative], self.embedding_scale)
+        return TextCondition(vectors[:1], vectors[1:] if scale != 1 else None, scale)
+
+    def unet_output(self, x: torch.Tensor, t: int, condition: TextCondition | None) -> torch.Tensor:
+        """The UNet output for the condition's vectors, with classifier-free guidance where it has a negative."""
+        if condition is None:
+            raise ValueError("a CLIP-conditioned model needs a condition; use model.condition(prompt)")
+        timestep = self.timestep_values[t]
+        return classifier_free(lambda xs, vectors: self.unet(xs, timestep, class_labels=vectors).sample, x, condition)
+
+    def with_unet(self, unet: nn.Module) -> "ClipConditionedDiffusion":
+        """The same CLIP and schedule with another UNet."""
+        return ClipConditionedDiffusion(unet, self.encoder, self.scheduler_config, self.name, self.info)
+
+
 class LatentDiffusion(DiffusionModel):
     """Stable Diffusion 1.x/2.x: a text-conditioned UNet on AutoencoderKL latents, texts embedded by a CLIPTextModel."""
 
@@ -195,12 +252,9 @@ class LatentDiffusion(DiffusionModel):
         """The UNet output, mixed as `uncond + scale * (cond - uncond)` under classifier-free guidance."""
         if condition is None:
             raise ValueError("a text-conditioned model needs a condition; use model.condition(prompt)")
-        batch, timestep = x.shape[0], self.timestep_values[t]
-        if condition.negative is None:
-            return self.unet(x, timestep, encoder_hidden_states=condition.embeddings.expand(batch, -1, -1)).sample
-        texts = torch.cat([condition.negative.expand(batch, -1, -1), condition.embeddings.expand(batch, -1, -1)])
-        unconditional, conditional = self.unet(torch.cat([x, x]), timestep, encoder_hidden_states=texts).sample.chunk(2)
-        return unconditional + condition.scale * (conditional - unconditional)
+        timestep = self.timestep_values[t]
+        return classifier_free(lambda xs, texts: self.unet(xs, timestep, encoder_hidden_states=texts).sample,
+                               x, condition)
 
     def to_image(self, x: torch.Tensor) -> torch.Tensor:
         """Decode latents with the VAE to [0, 1] images (differentiable)."""

@@ -10,9 +10,10 @@ import pytest
 import torch
 from diffusers import DDPMPipeline
 
-from generators.diffusion import (BUILTIN_DIFFUSION_MODELS, DiffusionModel, clamp_rms, guided_eps,
-                                  inversion_timesteps, known_diffusion_names, load_diffusion, random_latent_model,
-                                  random_pixel_model, save_diffusion)
+from generators.diffusion import (BUILTIN_DIFFUSION_MODELS, ClipConditionedDiffusion, DiffusionModel, TextCondition,
+                                  clamp_rms, guided_eps, inversion_timesteps, known_diffusion_names, load_diffusion,
+                                  random_clip_conditioned_model, random_latent_model, random_pixel_model,
+                                  save_diffusion)
 from generators.diffusion.configs import DDPM_SCHEDULER
 from guidance import InvalidInputError, ModelUnavailableError
 
@@ -123,3 +124,32 @@ def test_inversion_mirrors_the_run_or_spaces_its_own_steps():
     run = [900, 800, 700, 600]
     assert inversion_timesteps(run) == [600, 700, 800, 900]
     assert inversion_timesteps(run, 2) == [600, 900] and inversion_timesteps(run, 7)[-1] == 900
+
+
+def test_clip_conditioned_model_roundtrip_and_classifier_free_guidance(tmp_path):
+    model = random_clip_conditioned_model(4)
+    loaded = load_diffusion(save_diffusion(model, tmp_path / "conditioned"))
+    assert isinstance(loaded, ClipConditionedDiffusion) and loaded.text_conditioned and loaded.native_size == (32, 32)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    red = eps_of(loaded, x, 400, loaded.condition("a red circle"))
+    assert torch.allclose(red, eps_of(model, x, 400, model.condition("a red circle")), atol=1e-5)
+    vector = loaded.encoder.encode_text(["a red circle"]) * 4.0
+    with torch.no_grad():
+        assert torch.allclose(red, loaded.unet(x, loaded.timestep_values[400], class_labels=vector.expand(2, -1)).sample)
+    unconditional = eps_of(loaded, x, 400, loaded.condition(""))  # the empty text is the zero vector
+    assert torch.allclose(unconditional, eps_of(loaded, x, 400, TextCondition(torch.zeros(1, 128))))
+    guided = eps_of(loaded, x, 400, loaded.condition("a red circle", "", 3.0))
+    assert torch.allclose(guided, unconditional + 3.0 * (red - unconditional), atol=1e-5)
+    negative = eps_of(loaded, x, 400, loaded.condition("a blue square"))
+    assert torch.allclose(eps_of(loaded, x, 400, loaded.condition("a red circle", "a blue square", 2.0)),
+                          negative + 2.0 * (red - negative), atol=1e-5)
+    with pytest.raises(ValueError, match="needs a condition"):
+        loaded.predict_eps(x, 400)
+
+
+def test_clip_conditioned_folder_without_its_clip_is_one_line(tmp_path):
+    folder = save_diffusion(random_clip_conditioned_model(4), tmp_path / "conditioned")
+    (folder / "clip_guidance.json").write_text("{}")
+    with pytest.raises(InvalidInputError, match="names no conditioning CLIP") as error:
+        load_diffusion(folder)
+    assert "\n" not in str(error.value)

@@ -9,8 +9,10 @@ import shlex
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from generators.diffusion import random_clip_conditioned_model, save_diffusion
 from guidance.images import read_recipe
 from pipelines.batch import main as batch_main
 from pipelines.batch import pipeline_class, pipeline_options
@@ -106,3 +108,20 @@ def test_a_batch_job_turns_best_step_off_and_its_command_says_so(tmp_path):
     recipe = read_recipe(out / "last.png")
     assert recipe["pipeline"] == "noise_optimization" and "best_step" not in recipe
     assert "--no-best-step" in shlex.split(recipe["command"])
+
+
+def test_a_clip_conditioned_model_follows_the_prompts_positive_texts_with_its_cfg_scale(tmp_path):
+    """A pixel DDPM conditioned on CLIP text embeddings: the UNet follows the prompt's positive texts (the negative
+    ones are classifier-free guidance's negative), and the recipe records the scale."""
+    folder = save_diffusion(random_clip_conditioned_model(1), tmp_path / "conditioned")
+    out = tmp_path / "conditioned.png"
+    argv = ["a red circle|a blue square:-1", "--model", str(folder), "--clip-model", "shapes-tiny", "--device", "cpu",
+            "--sampler-steps", "2", "--steps", "2", "--cutn", "4", "--candidates", "2", "--cfg-scale", "2",
+            "--save-every", "0", "-o", str(out)]
+    assert main(argv) == 0
+    assert read_recipe(out)["cfg_scale"] == 2.0
+    pipe = NoiseOptimizationPipeline.from_pretrained(str(folder), ["shapes-tiny"], "cpu", sampler_steps=2, cfg_scale=2.0)
+    pipe.prepare("a red circle|a blue square:-1")
+    expected = pipe.model.condition("a red circle", "a blue square", 2.0)
+    condition = pipe.generator.condition
+    assert torch.equal(condition.embeddings, expected.embeddings) and torch.equal(condition.negative, expected.negative)

@@ -13,15 +13,18 @@ import pytest
 import torch
 
 import training.train_diffusion as td
-from generators.diffusion import BUILTIN_DIFFUSION_MODELS, load_diffusion, random_pixel_model
+from generators.diffusion import BUILTIN_DIFFUSION_MODELS, ClipConditionedDiffusion, load_diffusion, random_pixel_model
 from guidance.checkpoints import load_state_dict
 from guidance.errors import InvalidInputError, ModelUnavailableError
 from training.colour_stats import single_shape_colour
+from training.core import batch_at
 from training.shapes_world import ShapesDataset
 
 # 16x16 images, two levels of 16 and 32 channels: a few milliseconds per step.
 TINY_UNET = {"block_out_channels": [16, 32], "layers_per_block": 1, "down_block_types": ["DownBlock2D"] * 2,
              "up_block_types": ["UpBlock2D"] * 2, "norm_num_groups": 4, "attention_head_dim": 8}
+# The same with 32 channels first: a timestep embedding 128 wide, the shapes-tiny CLIP's embedding width.
+CONDITIONED_UNET = {**TINY_UNET, "block_out_channels": [32, 32], "norm_num_groups": 8}
 SHIPPED = BUILTIN_DIFFUSION_MODELS["shapes-tiny"]
 
 
@@ -38,7 +41,7 @@ def test_fitting_one_batch_lowers_a_finite_loss() -> None:
     ema = td.EMA(unet, config.ema_decay)
     # A schedule far longer than the 30 steps: about the peak learning rate throughout.
     optimisation = td.build_optimisation(unet, tiny(warmup_steps=0, steps=10**6))
-    images = td.batch_at(ShapesDataset(4, 3, "train", 16), 0, 4)
+    images = batch_at(ShapesDataset(4, 3, "train", 16), 0, 4)
     # Step index 0 every time: the same noise and timesteps, so the loss can only fall by fitting them.
     losses = [td.train_step(unet, ema, optimisation, images, 0, td.noise_schedule(), config) for _ in range(30)]
     assert all(math.isfinite(loss) for loss in losses)
@@ -52,7 +55,7 @@ def test_min_snr_loss_matches_an_independent_computation() -> None:
     alphas = td.noise_schedule()
     seen = []
 
-    def unet(noisy: torch.Tensor, timesteps: torch.Tensor) -> SimpleNamespace:
+    def unet(noisy: torch.Tensor, timesteps: torch.Tensor, class_labels: torch.Tensor | None = None) -> SimpleNamespace:
         seen.append((noisy, timesteps))
         return SimpleNamespace(sample=guess)
 
@@ -147,7 +150,50 @@ def test_init_fine_tunes_a_trained_model_on_named_large_shapes(tmp_path: Path) -
         ShapesDataset(4, sizes=("huge",))
 
 
+def test_condition_input_keeps_the_unet_and_adds_the_vector_to_its_timestep_embedding() -> None:
+    unet = td.build_model(tiny(model_config=CONDITIONED_UNET)).eval()
+    conditioned = td.with_condition_input(unet, 128).eval()
+    x, t = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([10, 700])
+    with torch.no_grad():
+        plain = unet(x, t).sample
+        assert torch.equal(conditioned(x, t, class_labels=torch.zeros(2, 128)).sample, plain)
+        assert not torch.allclose(conditioned(x, t, class_labels=torch.randn(2, 128)).sample, plain)
+    with pytest.raises(InvalidInputError, match="embeds texts in 128 dimensions, the UNet's timestep embedding has 64"):
+        td.with_condition_input(td.build_model(tiny()), 128)
+
+
+def test_caption_vectors_drop_a_seeded_share_to_the_unconditional_zero() -> None:
+    from guidance.clip_models import load_clip
+    encoder = load_clip("shapes-tiny")
+    captions = ["a red circle"] * 200
+    vectors = td.caption_vectors(encoder, captions, 0, 5, 0.25)
+    dropped = (vectors.abs().sum(1) == 0).float().mean()
+    assert 0.15 < dropped < 0.35 and torch.equal(vectors, td.caption_vectors(encoder, captions, 0, 5, 0.25))
+    kept = vectors[vectors.abs().sum(1) > 0]
+    assert torch.allclose(kept.norm(dim=1), torch.full((len(kept),), td.CONDITIONING_SCALE))
+    assert (td.caption_vectors(encoder, captions[:8], 0, 5, 0.0).abs().sum(1) > 0).all()
+
+
+def test_conditioned_run_exports_a_model_that_follows_the_prompt(tmp_path: Path) -> None:
+    td.train(tiny(out=str(tmp_path), model_config=CONDITIONED_UNET, condition_clip="shapes-tiny", steps=3,
+                  eval_count=4, sample_steps=2))
+    loaded = load_diffusion(tmp_path / td.EXPORT_DIR)
+    assert isinstance(loaded, ClipConditionedDiffusion) and loaded.text_conditioned
+    assert loaded.info["conditioning"] == {"clip": "shapes-tiny", "scale": td.CONDITIONING_SCALE}
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        red, blue = (loaded.predict_eps(x, 600, loaded.condition(text)) for text in ("a red circle", "a blue square"))
+        unconditional = loaded.predict_eps(x, 600, loaded.condition(""))
+        assert not torch.allclose(red, blue)
+        assert torch.equal(unconditional, loaded.unet(x, loaded.timestep_values[600],
+                                                      class_labels=torch.zeros(1, 128)).sample)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert 0 <= metrics["asked_colour"] <= 1 and math.isfinite(metrics["eval_loss"])
+
+
 @pytest.mark.parametrize("flags, message", [
+    (["--condition-clip", "shapes-tiny", "--condition-dropout", "1"], "--condition-dropout 1.0 must be in [0, 1)"),
+    (["--condition-clip", "no-such-clip"], "no-such-clip"),
     (["--steps", "0"], "--steps"),
     (["--init", "no/such-model-here"], "no/such-model-here"),
     (["--init", "shapes-tiny", "--model-config", "{config}"], "give one of them"),
