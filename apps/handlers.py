@@ -210,7 +210,7 @@ def check_options(spec: PipelineSpec, accepted: set[str], options: dict[str, Any
 def model_picker_settings(spec: PipelineSpec, policy: ModelPolicy) -> dict[str, Any]:
     """The model picker for a method: the models this server offers for it (the shipped one first), and its label."""
     typed = "; or type a hub-style name" + (" or a model in the operator's folder" if policy.model_dir else "")
-    return {"choices": policy.choices(spec.name), "value": spec.offline_model, "label": spec.model_label,
+    return {"choices": policy.choices(spec.name), "value": spec.offline_models[0], "label": spec.model_label,
             "info": f"the models this server offers{typed if policy.allow_custom else ''}"}
 
 
@@ -475,7 +475,7 @@ class WebApp:
         policy = self.config.models
         model = (model or "").strip()
         if not model:
-            raise InvalidInputError(f"no {spec.model_label} chosen; pick one, e.g. {spec.offline_model}")
+            raise InvalidInputError(f"no {spec.model_label} chosen; pick one, e.g. {spec.offline_models[0]}")
         clips = tuple(clip.strip() for clip in clip_models or [] if clip and clip.strip())
         if not clips:
             raise InvalidInputError(f"no CLIP model chosen; pick at least one, e.g. {policy.choices(CLIP_KIND)[0]}")

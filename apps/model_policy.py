@@ -33,8 +33,9 @@ def model_kinds() -> list[str]:
 
 
 def shipped_models() -> dict[str, list[str]]:
-    """The models every app offers: each pipeline's shipped model and the shipped CLIPs."""
-    return {**{name: [get_pipeline_spec(name).offline_model] for name in pipeline_names()}, CLIP_KIND: list(SHIPPED_CLIPS)}
+    """The models every app offers: each pipeline's shipped models and the shipped CLIPs."""
+    return {**{name: list(get_pipeline_spec(name).offline_models) for name in pipeline_names()},
+            CLIP_KIND: list(SHIPPED_CLIPS)}
 
 
 def parse_model_entry(text: str, where: str) -> tuple[str, list[str]]:

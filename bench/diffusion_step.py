@@ -36,7 +36,7 @@ def build(setting: dict, device: torch.device):
     """The random-weight diffusion model and the guidance loss the pipeline would use for this setting."""
     from generators.diffusion import random_latent_model, random_pixel_model
     from guidance import CLIPLoss, MakeCutouts, load_clip
-    from pipelines.clip_guided_diffusion import DEFAULT_CFG_SCALE, GuidanceLoss
+    from pipelines.clip_guided_diffusion import GuidanceLoss
 
     torch.manual_seed(0)
     build_model = random_pixel_model if setting["kind"] == "pixel" else random_latent_model
@@ -44,7 +44,7 @@ def build(setting: dict, device: torch.device):
     clip = load_clip(setting["clip"], architecture=TINY_CLIP if setting["clip"] == "tiny" else None, device=device)
     cutouts = MakeCutouts(clip.image_size, cutn=setting["cutn"], cut_pow=0.5)
     loss = GuidanceLoss(CLIPLoss([clip], PROMPT, cutouts=cutouts), 1000.0, 150.0, 50.0, 0.0, None, None)
-    return model, model.condition(PROMPT, "", DEFAULT_CFG_SCALE), loss
+    return model, model.condition(PROMPT, "", model.default_cfg_scale), loss
 
 
 def measure(setting: dict) -> dict:

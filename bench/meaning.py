@@ -13,7 +13,8 @@ contact sheet (one row per method: the first seed of every prompt).
     python bench/meaning.py --methods vqgan_clip --set augment=geometric lr=0.2   # try other call settings
 
 Settings: the CLI defaults, except the sizes and steps the README's offline demo uses for the shapes models
-(VQGAN and pixels at 64 px, 100 steps, 16 cutouts; the DDPM at its native 32 px, 50 steps, 16 cutouts). They are
+(VQGAN and pixels at 64 px, 100 steps, 16 cutouts; the DDPMs at their native 32 px, 50 steps, 16 cutouts: text to
+image on shapes-tiny-text, edits on shapes-tiny). They are
 in METHODS and in the JSON.
 """
 
@@ -69,34 +70,47 @@ def _pixels() -> Any:
     return PixelsCLIPPipeline.from_pretrained("fft", ["shapes-tiny"], device="cpu")
 
 
-def _diffusion() -> Any:
-    from pipelines.clip_guided_diffusion import CLIPGuidedDiffusionPipeline
+def _diffusion(model: str) -> Callable[[], Any]:
+    """Loads CLIP-guided diffusion on the shipped DDPM `model`."""
+    def load() -> Any:
+        from pipelines.clip_guided_diffusion import CLIPGuidedDiffusionPipeline
 
-    return CLIPGuidedDiffusionPipeline.from_pretrained("shapes-tiny", ["shapes-tiny"], device="cpu")
+        return CLIPGuidedDiffusionPipeline.from_pretrained(model, ["shapes-tiny"], device="cpu")
+    return load
 
 
-def _noise() -> Any:
-    from pipelines.noise_optimization import NoiseOptimizationPipeline
+def _noise(model: str) -> Callable[[], Any]:
+    """Loads noise optimisation on the shipped DDPM `model`."""
+    def load() -> Any:
+        from pipelines.noise_optimization import NoiseOptimizationPipeline
 
-    return NoiseOptimizationPipeline.from_pretrained("shapes-tiny", ["shapes-tiny"], device="cpu",
-                                                     sampler_steps=NOISE_RECORDED["sampler_steps"])
+        return NoiseOptimizationPipeline.from_pretrained(model, ["shapes-tiny"], device="cpu",
+                                                         sampler_steps=NOISE_RECORDED["sampler_steps"])
+    return load
 
 
 OPTIMISED = {"size": 64, "steps": 100, "cutn": 16}
 SAMPLED = {"steps": 50, "cutn": 16}
 NOISE_RECORDED = {"method": "noise", "sampler_steps": 4}  # the short sampler's DDIM steps
 NOISE_CALL = {"steps": 30, "cutn": 16}  # steps: the noise's optimisation iterations
+# Text to image runs on the DDPM that follows the prompt (shapes-tiny-text, at the cfg_scale its folder recommends);
+# edits on the unconditional one, which reconstructs a rendered image (the text one's DDIM inversion turns its
+# background to noise: 24 levels of change outside the shape).
+TEXT_DDPM, EDIT_DDPM = "shapes-tiny-text", "shapes-tiny"
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("vqgan_clip", _vqgan, OPTIMISED, 64),
     Method("pixels_clip", _pixels, OPTIMISED, 64),
-    Method("diffusion_sampler", _diffusion, SAMPLED, 32),
-    Method("diffusion_noise", _noise, NOISE_CALL, 32, recorded=NOISE_RECORDED),
+    Method("diffusion_sampler", _diffusion(TEXT_DDPM), SAMPLED, 32, recorded={"model": TEXT_DDPM}),
+    Method("diffusion_noise", _noise(TEXT_DDPM), NOISE_CALL, 32, recorded={**NOISE_RECORDED, "model": TEXT_DDPM}),
     Method("vqgan_masked", _vqgan, OPTIMISED, 64, edit="masked"),
     Method("vqgan_directional", _vqgan, OPTIMISED, 64, edit="directional"),
-    Method("diffusion_masked", _diffusion, SAMPLED, 32, edit="masked"),
-    Method("diffusion_inversion", _diffusion, SAMPLED, 32, edit="directional"),
-    Method("noise_masked", _noise, NOISE_CALL, 32, edit="masked", recorded=NOISE_RECORDED),
-    Method("noise_directional", _noise, NOISE_CALL, 32, edit="directional", recorded=NOISE_RECORDED),
+    Method("diffusion_masked", _diffusion(EDIT_DDPM), SAMPLED, 32, edit="masked", recorded={"model": EDIT_DDPM}),
+    Method("diffusion_inversion", _diffusion(EDIT_DDPM), SAMPLED, 32, edit="directional",
+           recorded={"model": EDIT_DDPM}),
+    Method("noise_masked", _noise(EDIT_DDPM), NOISE_CALL, 32, edit="masked",
+           recorded={**NOISE_RECORDED, "model": EDIT_DDPM}),
+    Method("noise_directional", _noise(EDIT_DDPM), NOISE_CALL, 32, edit="directional",
+           recorded={**NOISE_RECORDED, "model": EDIT_DDPM}),
 )}
 
 

@@ -9,4 +9,6 @@ GENERATORS: dict[str, str] = {
 }
 PARAMETERIZATIONS = ("fft", "rgb")  # generators.pixels
 SCHEDULER_NAMES = ("ddim", "ddpm")  # generators.diffusion.sampling.SCHEDULERS
+# Classifier-free guidance of text-conditioned models whose folder recommends no scale (Stable Diffusion's).
+DEFAULT_CFG_SCALE = 7.5
 DEFAULT_NOISE_STEPS = 4  # DDIM steps of a multi-step model's sampler (generators.diffusion.noise)

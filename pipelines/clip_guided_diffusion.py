@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from pipelines.parsers import (DEFAULT_BACKWARD_LR, DEFAULT_CFG_SCALE, DEFAULT_CLIP_SCALE, DEFAULT_EDIT_BACKWARD_STEPS,
+from pipelines.parsers import (DEFAULT_BACKWARD_LR, DEFAULT_CLIP_SCALE, DEFAULT_EDIT_BACKWARD_STEPS,
                                DEFAULT_MODEL, MAX_IMAGES, MAX_INVERSION_REFINE)
 from pipelines.parsers import clip_guided_diffusion_parser as build_parser
 
@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from generators.diffusion import (GUIDANCE_SCHEDULES, SCHEDULERS, DiffusionModel, backward_eps, ddim_invert,
-                                  final_alpha, guidance_weight, guided_eps, inversion_timesteps, known_diffusion_names,
-                                  load_diffusion, make_scheduler, previous_timestep, renoise, save_diffusion,
-                                  scheduler_step)
+from generators.diffusion import (BUILTIN_DIFFUSION_MODELS, GUIDANCE_SCHEDULES, SCHEDULERS, DiffusionModel,
+                                  backward_eps, ddim_invert, final_alpha, guidance_weight, guided_eps,
+                                  inversion_timesteps, known_diffusion_names, load_diffusion, make_scheduler,
+                                  previous_timestep, renoise, save_diffusion, scheduler_step)
 from guidance.clip_loss import CLIPLoss, DirectionalCLIPLoss
 from guidance.clip_models import CLIPEncoder, load_clip_ensemble
 from guidance.cutouts import MakeCutouts
@@ -367,7 +367,7 @@ class CLIPGuidedDiffusionPipeline:
         prompts = parse_prompts(prompt)
         check_some_weight(p.weight for p in prompts)
         return Plan(mode, prompts, None, None,
-                    cfg_scale=cfg_scale if cfg_scale is not None else DEFAULT_CFG_SCALE, **shared)
+                    cfg_scale=cfg_scale if cfg_scale is not None else self.model.default_cfg_scale, **shared)
 
     def _check_schedule(self, steps: int, scheduler: str, eta: float) -> None:
         """Validate the step count, the scheduler and its noise."""
@@ -721,7 +721,7 @@ SPEC = PipelineSpec(name="clip_guided_diffusion", title="CLIP-guided diffusion",
                     load=lambda model, clip_models, device: CLIPGuidedDiffusionPipeline.from_pretrained(
                         model, clip_models, device),
                     model_label="Diffusion model", model_flag="--model", model_choices=known_diffusion_names,
-                    offline_model="shapes-tiny")
+                    offline_models=tuple(BUILTIN_DIFFUSION_MODELS))
 
 
 if __name__ == "__main__":

@@ -15,14 +15,15 @@ import argparse
 import sys
 from typing import Any, ClassVar, Sequence
 
-from pipelines.parsers import DEFAULT_CFG_SCALE, DEFAULT_MODEL, latent_parser, noise_model_arguments
+from pipelines.parsers import DEFAULT_MODEL, latent_parser, noise_model_arguments
 
 if __name__ == "__main__":  # parse first: --help and usage errors answer before the heavy imports below
     latent_parser("pipelines.noise_optimization", "NoiseOptimizationPipeline", noise_model_arguments).parse_args()
 
 import torch
 
-from generators.diffusion import DiffusionModel, NoiseGenerator, known_diffusion_names, load_diffusion
+from generators.diffusion import (BUILTIN_DIFFUSION_MODELS, DiffusionModel, NoiseGenerator, known_diffusion_names,
+                                  load_diffusion)
 from guidance.clip_models import CLIPEncoder, load_clip_ensemble
 from guidance.prompts import parse_prompts
 from guidance.runtime import pick_device
@@ -52,7 +53,7 @@ class NoiseOptimizationPipeline(LatentOptimizationPipeline):
     def __init__(self, model: DiffusionModel, clip_models: Sequence[tuple[CLIPEncoder, float]],
                  sampler_steps: int | None = None, cfg_scale: float | None = None):
         if cfg_scale is None and model.text_conditioned:
-            cfg_scale = DEFAULT_CFG_SCALE
+            cfg_scale = model.default_cfg_scale
         super().__init__(NoiseGenerator(model, sampler_steps, cfg_scale=cfg_scale), clip_models, str(model.name))
         self.model, self.sampler_steps, self.cfg_scale = model, sampler_steps, cfg_scale
         self.default_size = model.native_size
@@ -101,7 +102,7 @@ SPEC = PipelineSpec(name=NoiseOptimizationPipeline.name, title="Noise optimisati
                     load=lambda model, clip_models, device: NoiseOptimizationPipeline.from_pretrained(
                         model, clip_models, device),
                     model_label="Diffusion model", model_flag="--model", model_choices=known_diffusion_names,
-                    offline_model="shapes-tiny")
+                    offline_models=tuple(BUILTIN_DIFFUSION_MODELS))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any, Callable
 
-from generators.names import DEFAULT_NOISE_STEPS, GENERATORS, PARAMETERIZATIONS, SCHEDULER_NAMES
+from generators.names import DEFAULT_CFG_SCALE, DEFAULT_NOISE_STEPS, GENERATORS, PARAMETERIZATIONS, SCHEDULER_NAMES
 from guidance.validation import MAX_STEPS
 from pipelines.cli import (DEFAULT_CLIP, CLIParser, add_guidance_arguments, add_runtime_arguments, module_summary,
                            source_literals)
@@ -28,7 +28,6 @@ DEFAULT_VQGAN = "vqgan_imagenet_f16_16384"
 # CLIP-guided diffusion (pipelines.clip_guided_diffusion)
 DEFAULT_MODEL = "google/ddpm-celebahq-256"
 DEFAULT_CLIP_SCALE = 1000.0  # Disco Diffusion's order of magnitude: clip 1000, tv 150, range 50
-DEFAULT_CFG_SCALE = 7.5
 MAX_INVERSION_REFINE = 100  # fixed-point refinements per inversion step (each one more UNet pass)
 METHODS = ("sampler", "noise")
 # Backward-guidance steps of masked and --source-text edits when not given (0 when generating): without them the
@@ -122,7 +121,8 @@ def noise_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"DDIM steps from the noise to the image (default {DEFAULT_NOISE_STEPS}, 1 for one- and "
                              "few-step models)")
     parser.add_argument("--cfg-scale", type=float, default=None,
-                        help=f"classifier-free guidance of text-conditioned models (default {DEFAULT_CFG_SCALE:g})")
+                        help="classifier-free guidance of text-conditioned models (default: the scale the model's folder "
+                             f"recommends, else {DEFAULT_CFG_SCALE:g})")
 
 
 def noise_settings() -> dict[str, Any]:
@@ -210,7 +210,8 @@ def clip_guided_diffusion_parser() -> CLIParser:
     parser.add_argument("--backward-lr", type=float, default=DEFAULT_BACKWARD_LR,
                         help="backward guidance's Adam learning rate (in [-1, 1] pixel units for pixel models)")
     parser.add_argument("--cfg-scale", type=float, default=defaults["cfg_scale"],
-                        help=f"classifier-free guidance of text-conditioned models (default {DEFAULT_CFG_SCALE:g})")
+                        help="classifier-free guidance of text-conditioned models (default: the scale the model's folder "
+                             f"recommends, else {DEFAULT_CFG_SCALE:g})")
     add_guidance_arguments(parser, defaults, "guided step", f" (with --method noise: {noise['augment']} if not given)")
     parser.add_argument("--num-images", type=int, default=defaults["num_images"],
                         help="sample N images together as one batch (NAME-1.png ... NAME-N.png; not with --init-image)")

@@ -63,7 +63,7 @@ class PixelsCLIPPipeline(LatentOptimizationPipeline):
 SPEC = PipelineSpec(name=PixelsCLIPPipeline.name, title="Pixels-CLIP", module="pipelines.pixels_clip",
                     load=lambda model, clip_models, device: PixelsCLIPPipeline.from_pretrained(model, clip_models, device),
                     model_label="Parameterization", model_flag="--parameterization",
-                    model_choices=lambda: PARAMETERIZATIONS, offline_model="fft")
+                    model_choices=lambda: PARAMETERIZATIONS, offline_models=("fft",))
 
 
 def main(argv: list[str]) -> int:

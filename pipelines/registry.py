@@ -35,7 +35,7 @@ class PipelineSpec:
     model_label: str  # what its model picker chooses, e.g. 'VQGAN'
     model_flag: str  # the CLI option naming the model, e.g. '--vqgan'
     model_choices: Callable[[], Sequence[str]]  # names offered in menus
-    offline_model: str  # a model that ships with the package
+    offline_models: tuple[str, ...]  # the models that ship with the package, the first preselected in menus
 
     def call_options(self, pipeline: Any) -> set[str]:
         """The keyword options the pipeline's call accepts."""

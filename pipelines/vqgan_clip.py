@@ -68,7 +68,7 @@ class VQGANCLIPPipeline(LatentOptimizationPipeline):
 SPEC = PipelineSpec(name=VQGANCLIPPipeline.name, title="VQGAN-CLIP", module="pipelines.vqgan_clip",
                     load=lambda model, clip_models, device: VQGANCLIPPipeline.from_pretrained(model, clip_models, device),
                     model_label="VQGAN", model_flag="--vqgan", model_choices=known_vqgan_names,
-                    offline_model="shapes-tiny")
+                    offline_models=("shapes-tiny",))
 
 
 def main(argv: list[str]) -> int:

@@ -396,6 +396,7 @@ def train(config: TrainConfig) -> PixelDiffusion:
         model = PixelDiffusion(ema.module, SCHEDULER_CONFIG, MODEL_NAME, info)
     else:
         info["conditioning"] = {"clip": config.condition_clip, "scale": CONDITIONING_SCALE}
+        info["cfg_scale"] = EVAL_CFG_SCALE  # the pipelines' default for this model
         model = ClipConditionedDiffusion(ema.module, encoder, SCHEDULER_CONFIG, MODEL_NAME, info)
     optimisation = build_optimisation(unet, config)
     alphas_cumprod = noise_schedule()

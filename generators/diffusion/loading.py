@@ -26,9 +26,13 @@ from guidance.clip_models import load_clip
 from guidance.errors import InvalidInputError, ModelUnavailableError, first_line
 from guidance.network import HUB_HOST, host_reachable, hub_offline
 
-# Models shipped inside the package: name -> diffusers folder. shapes-tiny: a 32x32 DDPM of the shapes world,
-# trained by training/train_diffusion.py.
-BUILTIN_DIFFUSION_MODELS: dict[str, Path] = {"shapes-tiny": Path(__file__).parents[1] / "weights" / "shapes-tiny-ddpm"}
+# Models shipped inside the package: name -> diffusers folder, trained by training/train_diffusion.py (see
+# docs/shapes_models.md). shapes-tiny-text (first: menus preselect it): a 32x32 DDPM of the shapes world that follows
+# the shapes-tiny CLIP's embedding of the prompt; shapes-tiny: the unconditional DDPM it was trained from, which
+# edits better (it reconstructs a rendered image).
+_WEIGHTS = Path(__file__).parents[1] / "weights"
+BUILTIN_DIFFUSION_MODELS: dict[str, Path] = {"shapes-tiny-text": _WEIGHTS / "shapes-tiny-text-ddpm",
+                                             "shapes-tiny": _WEIGHTS / "shapes-tiny-ddpm"}
 # Published pixel DDPMs on the hub that the toolkit drives (downloaded once, then cached).
 KNOWN_DIFFUSION_MODELS = ("google/ddpm-celebahq-256", "google/ddpm-church-256", "google/ddpm-bedroom-256",
                           "google/ddpm-cat-256")

@@ -15,6 +15,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, UNet2DModel
 from torch import nn
 
+from generators.names import DEFAULT_CFG_SCALE
 from guidance.errors import InvalidInputError
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -98,6 +99,12 @@ class DiffusionModel(nn.Module):
         size = self.unet.config.sample_size
         height, width = (size, size) if isinstance(size, int) else size
         return int(width) * self.latent_factor, int(height) * self.latent_factor
+
+    @property
+    def default_cfg_scale(self) -> float:
+        """Its classifier-free guidance scale when none is given: the one its folder's info recommends
+        (`cfg_scale`), else DEFAULT_CFG_SCALE."""
+        return float(self.info.get("cfg_scale", DEFAULT_CFG_SCALE))
 
     @property
     def finetuned(self) -> bool:

@@ -320,12 +320,12 @@ def test_method_lists_are_the_registry_titles_and_the_model_picker_follows(tmp_p
         assert [label for label, _ in method.choices] == titles
         assert [value for _, value in method.choices] == pipeline_names() and method.value == pipeline_names()[0]
         first = get_pipeline_spec(pipeline_names()[0])
-        assert model.value == first.offline_model and model.label == first.model_label
+        assert model.value == first.offline_models[0] and model.label == first.model_label
     assert sum(fn.name == "model_picker_update" for fn in blocks.fns.values()) == 2  # one per tab
     app = WebApp(AppConfig(device="cpu", output_dir=tmp_path, models=PIXELS_RGB))
     pixels = app.model_picker_update(PIXELS_CLIP)
     assert pixels["choices"] == ["fft", "rgb"] and pixels["value"] == "fft" and pixels["label"] == "Parameterization"
-    assert app.model_picker_update(DIFFUSION)["choices"] == ["shapes-tiny"]
+    assert app.model_picker_update(DIFFUSION)["choices"] == ["shapes-tiny-text", "shapes-tiny"]
 
 
 def test_advanced_fields_start_empty_and_show_the_pipelines_defaults(tmp_path):

@@ -66,7 +66,8 @@ def test_by_default_only_the_shipped_models_are_offered():
     policy = ModelPolicy.build()
     assert policy.allowed == shipped_models()
     for name in pipeline_names():
-        assert policy.choices(name) == [get_pipeline_spec(name).offline_model]
+        assert policy.choices(name) == list(get_pipeline_spec(name).offline_models)
+    assert policy.choices("clip_guided_diffusion") == ["shapes-tiny-text", "shapes-tiny"]
     assert policy.choices("clip") == ["shapes-tiny", "shapes-tiny-zh"]  # the bilingual one for Chinese prompts
 
 

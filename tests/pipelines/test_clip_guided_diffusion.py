@@ -164,7 +164,8 @@ def test_registry_spec_loads_the_pipeline_and_offers_the_models(files):
     spec = get_pipeline_spec("clip_guided_diffusion")
     assert spec.module == "pipelines.clip_guided_diffusion" and spec.model_flag == "--model"
     choices = list(spec.model_choices())
-    assert choices[0] == spec.offline_model == "shapes-tiny" and "google/ddpm-celebahq-256" in choices
+    assert choices[:2] == list(spec.offline_models) == ["shapes-tiny-text", "shapes-tiny"]
+    assert "google/ddpm-celebahq-256" in choices
     assert len(choices) == len(set(choices))
     loaded = load_pipeline("clip_guided_diffusion", files["pixel"], [files["clip"]], torch.device("cpu"))
     assert isinstance(loaded, CLIPGuidedDiffusionPipeline) and loaded.size_factor == 2

@@ -12,11 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from generators.diffusion import random_clip_conditioned_model, save_diffusion
+from generators.diffusion import load_diffusion, random_clip_conditioned_model, save_diffusion
+from generators.names import DEFAULT_CFG_SCALE
 from guidance.images import read_recipe
 from pipelines.batch import main as batch_main
 from pipelines.batch import pipeline_class, pipeline_options
 from pipelines.cli import call_defaults
+from pipelines.clip_guided_diffusion import CLIPGuidedDiffusionPipeline
 from pipelines.common import run_cli
 from pipelines.latent_optimization import LatentOptimizationPipeline, with_call_settings
 from pipelines.noise_optimization import NoiseOptimizationPipeline, main
@@ -125,3 +127,17 @@ def test_a_clip_conditioned_model_follows_the_prompts_positive_texts_with_its_cf
     expected = pipe.model.condition("a red circle", "a blue square", 2.0)
     condition = pipe.generator.condition
     assert torch.equal(condition.embeddings, expected.embeddings) and torch.equal(condition.negative, expected.negative)
+
+
+def test_without_cfg_scale_both_diffusion_pipelines_use_the_scale_the_models_folder_recommends(tmp_path):
+    model = random_clip_conditioned_model(1)
+    model.info["cfg_scale"] = 2.5
+    folder = str(save_diffusion(model, tmp_path / "recommends"))
+    noise = NoiseOptimizationPipeline.from_pretrained(folder, ["shapes-tiny"], "cpu", sampler_steps=2)
+    noise.prepare("a red circle")
+    assert noise.generator.condition.scale == 2.5
+    sampler = CLIPGuidedDiffusionPipeline.from_pretrained(folder, ["shapes-tiny"], device="cpu")
+    out = sampler("a red circle", steps=2, seed=0, cutn=2)
+    assert out.recipe["cfg_scale"] == 2.5
+    silent = save_diffusion(random_clip_conditioned_model(1), tmp_path / "silent")
+    assert load_diffusion(silent).default_cfg_scale == DEFAULT_CFG_SCALE

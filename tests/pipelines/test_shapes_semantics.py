@@ -126,6 +126,16 @@ def test_guidance_makes_the_prompted_colour_purer_than_unguided_samples_from_the
     assert guided > unguided + 0.2, (guided, unguided)
 
 
+def test_the_text_ddpm_alone_draws_the_asked_colour_where_the_unconditional_one_draws_any(diffusion):
+    """shapes-tiny-text follows the prompt with no CLIP guidance at all (clip_scale 0, its folder's cfg_scale);
+    the unconditional shapes-tiny, unguided from the same seeds, hits the asked colour only by chance."""
+    text = CLIPGuidedDiffusionPipeline.from_pretrained("shapes-tiny-text", ["shapes-tiny"], device="cpu")
+    asked = [(prompt, colour, seed) for prompt, colour in PROMPTS for seed in SEEDS]
+    conditioned = [dominant_colour(diffusion_image(text, p, seed, clip_scale=0.0)) == c for p, c, seed in asked]
+    unconditional = [dominant_colour(diffusion_image(diffusion, p, seed, clip_scale=0.0)) == c for p, c, seed in asked]
+    assert sum(conditioned) >= 9 and sum(conditioned) >= sum(unconditional) + 5, (conditioned, unconditional)
+
+
 def test_diffusionclip_finetuned_edit_turns_a_red_circle_blue_and_keeps_the_background(diffusion, red_circle):
     source, path = red_circle
     tuned = diffusion.finetune("a blue circle", init_image=path, source_text="a red circle", finetune_steps=20,

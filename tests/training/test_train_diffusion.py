@@ -180,6 +180,7 @@ def test_conditioned_run_exports_a_model_that_follows_the_prompt(tmp_path: Path)
     loaded = load_diffusion(tmp_path / td.EXPORT_DIR)
     assert isinstance(loaded, ClipConditionedDiffusion) and loaded.text_conditioned
     assert loaded.info["conditioning"] == {"clip": "shapes-tiny", "scale": td.CONDITIONING_SCALE}
+    assert loaded.default_cfg_scale == td.EVAL_CFG_SCALE  # the scale its evaluation used, the pipelines' default
     x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         red, blue = (loaded.predict_eps(x, 600, loaded.condition(text)) for text in ("a red circle", "a blue square"))
