@@ -224,7 +224,7 @@ def cli_command(spec: PipelineSpec, model: str, clip_models: Sequence[str], prom
         if isinstance(value, tuple):
             value = f"{value[0]}x{value[1]}"
         argv += [f"--{key.replace('_', '-')}", Path(value).name if isinstance(value, Path) else str(value)]
-    return command_line(spec.module, [*argv, "--output", output])
+    return command_line(spec.module, [*argv, *spec.cli_flags, "--output", output])
 
 
 # --- running pipelines ----------------------------------------------------------------------------------------

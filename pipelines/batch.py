@@ -328,7 +328,8 @@ class Batch:
         options, seed = self.settings(job)
         argv = [self.spec.model_flag, self.model, *[part for clip in self.clip_models for part in ("--clip-model", clip)]]
         argv += [part for name, value in sorted(options.items()) for part in self.options[name].argv(value)]
-        argv += [*(["--device", self.device] if self.device else []), "--seed", str(seed), "--output", str(output)]
+        argv += [*self.spec.cli_flags, *(["--device", self.device] if self.device else []), "--seed", str(seed),
+                 "--output", str(output)]
         if job.prompt.startswith("-"):  # after '--', so the CLI reads it as the prompt, not an option
             argv += ["--", job.prompt]
         elif job.prompt:

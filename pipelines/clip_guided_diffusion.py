@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from generators.diffusion import (BUILTIN_DIFFUSION_MODELS, GUIDANCE_SCHEDULES, SCHEDULERS, DiffusionModel,
-                                  backward_eps, ddim_invert, final_alpha, guidance_weight, guided_eps,
+                                  backward_eps, ddim_invert, final_alpha, folder_info, guidance_weight, guided_eps,
                                   inversion_timesteps, known_diffusion_names, load_diffusion, make_scheduler,
                                   previous_timestep, renoise, save_diffusion, scheduler_step)
 from guidance.clip_loss import CLIPLoss, DirectionalCLIPLoss
@@ -626,6 +626,9 @@ def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     output = png_output_path(args.output)
+    if args.method is None:  # recorded in the command, so that the recipe remakes the image with the same method
+        args.method = default_method(args, parser)
+        argv = ["--method", args.method, *argv]
     check_method_options(args, parser)
     if args.method == "noise":
         return noise_main(args, parser, argv, output)
@@ -677,6 +680,15 @@ SAMPLER_ONLY = ("scheduler", "eta", "skip_steps", "edit_strength", "clip_scale",
 NOISE_ONLY = ("iterations", "candidates", "contrast")  # options of noise optimisation that the sampler does not use
 
 
+def default_method(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+    """The method when --method is not given: the sampler for edits and with sampler-only options, else the one the
+    model's folder recommends (`method` in its clip_guidance.json), else the sampler (the field's default)."""
+    editing = args.init_image or args.mask or args.source_text
+    if editing or any(getattr(args, name) != parser.get_default(name) for name in SAMPLER_ONLY):
+        return "sampler"
+    return str(folder_info(args.model).get("method", "sampler"))
+
+
 def check_method_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Refuse, in one line, options given for the other --method than the one chosen."""
     other = SAMPLER_ONLY if args.method == "noise" else NOISE_ONLY
@@ -721,7 +733,7 @@ SPEC = PipelineSpec(name="clip_guided_diffusion", title="CLIP-guided diffusion",
                     load=lambda model, clip_models, device: CLIPGuidedDiffusionPipeline.from_pretrained(
                         model, clip_models, device),
                     model_label="Diffusion model", model_flag="--model", model_choices=known_diffusion_names,
-                    offline_models=tuple(BUILTIN_DIFFUSION_MODELS))
+                    offline_models=tuple(BUILTIN_DIFFUSION_MODELS), cli_flags=("--method", "sampler"))
 
 
 if __name__ == "__main__":

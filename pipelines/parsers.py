@@ -160,9 +160,11 @@ def clip_guided_diffusion_parser() -> CLIParser:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="diffusers model: hub id, local folder or built-in name")
     parser.add_argument("--size", default=defaults["size"],
                         help="WIDTH or WIDTHxHEIGHT (default: the model's native size)")
-    parser.add_argument("--method", choices=METHODS, default="sampler",
+    parser.add_argument("--method", choices=METHODS, default=None,
                         help="sampler: CLIP guidance at every sampler step; noise: optimise the starting noise through "
-                             "a short deterministic sampler (ReNO)")
+                             "a short deterministic sampler (ReNO). Default: the method the model's folder recommends "
+                             "(noise for the shipped shapes DDPMs, measured by bench/meaning.py), else sampler; "
+                             "edits (--init-image, --mask, --source-text) and sampler-only options use the sampler")
     parser.add_argument("--steps", type=int, default=defaults["steps"],
                         help="scheduler steps over the whole noise schedule (at most the model's training steps); "
                              f"with --method noise, the short sampler's (if not given: {DEFAULT_NOISE_STEPS}, 1 for "

@@ -36,6 +36,7 @@ class PipelineSpec:
     model_flag: str  # the CLI option naming the model, e.g. '--vqgan'
     model_choices: Callable[[], Sequence[str]]  # names offered in menus
     offline_models: tuple[str, ...]  # the models that ship with the package, the first preselected in menus
+    cli_flags: tuple[str, ...] = ()  # options that pick this pipeline in its module's CLI, e.g. ('--method', 'sampler')
 
     def call_options(self, pipeline: Any) -> set[str]:
         """The keyword options the pipeline's call accepts."""

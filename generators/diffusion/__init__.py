@@ -5,8 +5,8 @@ from generators.diffusion.configs import (character_tokenizer, random_clip_condi
                                           random_pixel_model)
 from generators.diffusion.finetune import finetune_unet
 from generators.diffusion.guidance import GUIDANCE_SCHEDULES, backward_eps, clamp_rms, guidance_weight, guided_eps
-from generators.diffusion.loading import (BUILTIN_DIFFUSION_MODELS, KNOWN_DIFFUSION_MODELS, known_diffusion_names,
-                                          load_diffusion, save_diffusion)
+from generators.diffusion.loading import (BUILTIN_DIFFUSION_MODELS, KNOWN_DIFFUSION_MODELS, folder_info,
+                                          known_diffusion_names, load_diffusion, save_diffusion)
 from generators.diffusion.models import (ClipConditionedDiffusion, DiffusionModel, LatentDiffusion, PixelDiffusion,
                                          TextCondition)
 from generators.diffusion.noise import NoiseGenerator, load_noise
@@ -28,6 +28,7 @@ __all__ = [
     "backward_eps",
     "character_tokenizer",
     "clamp_rms",
+    "folder_info",
     "ddim_invert",
     "ddim_move",
     "ddim_sample",

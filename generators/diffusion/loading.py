@@ -122,6 +122,14 @@ def _component(cls: Any, source: str, subfolder: str | None, offline: bool, spec
                                     f"({first_line(error)}); {LOCAL_FOLDER_HINT}") from None
 
 
+def folder_info(name_or_path: str | Path) -> dict[str, Any]:
+    """What a built-in or local model's folder says of it (its clip_guidance.json: training, recommended settings),
+    read without loading the model; {} for hub models and unknown names."""
+    spec = str(name_or_path).strip()
+    folder = BUILTIN_DIFFUSION_MODELS.get(spec) or Path(spec).expanduser()
+    return (_read_json(folder / INFO_FILE) or {}) if spec and folder.is_dir() else {}
+
+
 def _conditioning_clip(info: dict[str, Any], spec: str) -> torch.nn.Module:
     """The CLIP whose text embeddings a CLIP-conditioned UNet follows, as its folder's info names it."""
     conditioning = info.get("conditioning") or {}

@@ -251,7 +251,8 @@ def test_cli_end_to_end_writes_png_recipe_and_video(files, tmp_path):
     args = shlex.split(recipe["command"])[3:]
     args[args.index("-o") + 1] = str(again)
     assert main(args) == 0  # the recorded command reproduces the image
-    assert np.array_equal(pixels(Image.open(output)), pixels(Image.open(again)))
+    # within one level: the subprocess sums on the default two threads, the test process on one (conftest)
+    assert np.abs(pixels(Image.open(output)).astype(int) - pixels(Image.open(again))).max() <= 1
 
 
 def test_cli_finetunes_saves_and_edits_several_images(files, photo, tmp_path):

@@ -109,7 +109,7 @@ DIFFUSION = ["--model", "shapes-tiny", "--clip-model", "shapes-tiny", "--device"
              "--save-every", "1"]
 
 
-@pytest.mark.parametrize("method", [["--steps", "3"], ["--method", "noise", "--steps", "2", "--iterations", "2"]],
+@pytest.mark.parametrize("method", [["--method", "sampler", "--steps", "3"], ["--method", "noise", "--steps", "2", "--iterations", "2"]],
                          ids=["sampler", "noise"])
 def test_guided_diffusion_keeps_the_best_k_of_a_batch_and_no_partial_files(tmp_path, capsys, method):
     from pipelines.clip_guided_diffusion import main as diffusion_main

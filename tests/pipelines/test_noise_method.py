@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from generators.diffusion import folder_info, random_pixel_model, save_diffusion
 from guidance.images import read_recipe
-from pipelines.clip_guided_diffusion import main
+from pipelines.clip_guided_diffusion import build_parser, default_method, main
 from pipelines.noise_optimization import NoiseOptimizationPipeline
 from pipelines.common import run_cli
 from pipelines.latent_optimization import best_candidates
@@ -51,8 +52,29 @@ def test_sampler_only_options_are_refused_with_noise_in_one_line(capsys, tmp_pat
 
 @pytest.mark.parametrize("flag", ["--iterations", "--candidates", "--contrast"])
 def test_noise_only_options_are_refused_with_the_sampler_in_one_line(capsys, tmp_path, flag):
-    line = one_line_error(capsys, ["a red circle", flag, "2", *SHAPES, "-o", str(tmp_path / "x.png")])
+    line = one_line_error(capsys, ["a red circle", "--method", "sampler", flag, "2", *SHAPES,
+                                   "-o", str(tmp_path / "x.png")])
     assert f"{flag} applies to --method noise" in line
+
+
+def test_without_method_a_model_without_a_recommendation_is_guided_by_the_sampler(capsys, tmp_path):
+    folder = save_diffusion(random_pixel_model(), tmp_path / "plain")
+    line = one_line_error(capsys, ["a red circle", "--iterations", "2", "--model", str(folder), "--clip-model",
+                                   "shapes-tiny", "--device", "cpu", "-o", str(tmp_path / "x.png")])
+    assert "--iterations applies to --method noise, not sampler" in line
+
+
+@pytest.mark.parametrize("model", ["shapes-tiny", "shapes-tiny-text"])
+def test_without_method_the_shipped_ddpms_use_the_noise_method_they_recommend_and_edits_the_sampler(model):
+    """bench/meaning.py measured noise optimisation better on both shipped DDPMs, and their folders say so; edits
+    and sampler-only options pick the sampler, whose edits it measured better."""
+    parser = build_parser()
+    assert folder_info(model)["method"] == "noise" and folder_info("owner/hub-model") == {}
+    for extra, method in [([], "noise"), (["--iterations", "5"], "noise"), (["--eta", "0.5"], "sampler"),
+                          (["--source-text", "a red circle", "--init-image", "red.png"], "sampler"),
+                          (["--mask", "mask.png", "--init-image", "red.png"], "sampler")]:
+        args = parser.parse_args(["a blue circle", "--model", model, *extra])
+        assert default_method(args, parser) == method, extra
 
 
 def test_best_candidates_keeps_each_images_lowest_loss_start():
@@ -85,12 +107,14 @@ def test_noise_method_cli_writes_the_best_image_with_its_recipe(tmp_path):
 
 @pytest.mark.slow
 def test_noise_method_makes_a_batch_and_image_2_is_remade_by_its_recipe_command(tmp_path):
-    base = ["a red circle", "--method", "noise", "--steps", "2", "--iterations", "3", "--cutn", "4", "--seed", "3",
+    """Without --method, shapes-tiny's recommended noise method; its command names the method."""
+    base = ["a red circle", "--steps", "2", "--iterations", "3", "--cutn", "4", "--seed", "3",
             *SHAPES, "--save-every", "0"]
     assert main([*base, "--num-images", "2", "-o", str(tmp_path / "b.png")]) == 0
     first, second = read_recipe(tmp_path / "b-1.png"), read_recipe(tmp_path / "b-2.png")
     assert (first["index"], second["index"], second["num_images"], second["method"]) == (1, 2, 2, "noise")
     args = shlex.split(second["command"])[3:]
+    assert args[:2] == ["--method", "noise"]
     args[args.index("-o") + 1] = str(tmp_path / "again.png")
     assert main(args) == 0
     pixels = [np.asarray(Image.open(tmp_path / name), dtype=int) for name in ("b-1.png", "b-2.png", "again-2.png")]
