@@ -13,7 +13,7 @@ import torch
 
 from generators.base import LatentGenerator
 from generators.vqgan.autograd import clamp_with_grad
-from generators.names import PARAMETERIZATIONS
+from generators.names import DEFAULT_SPECTRUM_DECAY, PARAMETERIZATIONS
 from guidance.errors import InvalidInputError
 
 
@@ -27,13 +27,15 @@ FFT_IMAGE_SCALE = 4.0  # Lucid divides the inverse transform by 4 before the col
 class PixelGenerator(LatentGenerator):
     """Pixels as the latent: `rgb` (B, 3, H, W) values in [0, 1], or `fft` a (B, 3, H, W//2+1, 2) spectrum."""
 
-    def __init__(self, parameterization: str = "fft", decay: float = 1.0):
+    def __init__(self, parameterization: str = "fft", decay: float = DEFAULT_SPECTRUM_DECAY):
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
             raise InvalidInputError(f"unknown pixel parameterization {parameterization!r}; "
                                     f"choose one of {', '.join(PARAMETERIZATIONS)}")
         if not (math.isfinite(decay) and decay >= 0):
-            raise InvalidInputError(f"spectrum decay must be a non-negative number, got {decay}")
+            raise InvalidInputError(f"--spectrum-decay must be a non-negative number, got {decay}")
+        if parameterization == "rgb" and decay != DEFAULT_SPECTRUM_DECAY:
+            raise InvalidInputError("--spectrum-decay applies to the fft parameterization, not rgb")
         self.parameterization, self.decay = parameterization, decay
         self.name = parameterization
         self.register_buffer("colour", COLOUR_CORRELATION.clone(), persistent=False)
@@ -90,7 +92,9 @@ class PixelGenerator(LatentGenerator):
         return (latent.shape[3] - 1) * 2
 
 
-def load_pixels(name: str = "fft", device: torch.device | str | None = None) -> PixelGenerator:
-    """The pixel generator for a parameterization name: `fft` (decorrelated Fourier image) or `rgb`."""
-    generator = PixelGenerator(str(name).strip())
+def load_pixels(name: str = "fft", device: torch.device | str | None = None,
+                spectrum_decay: float = DEFAULT_SPECTRUM_DECAY) -> PixelGenerator:
+    """The pixel generator for a parameterization name: `fft` (decorrelated Fourier image, its amplitudes falling
+    as 1/f^spectrum_decay) or `rgb`."""
+    generator = PixelGenerator(str(name).strip(), spectrum_decay)
     return generator if device is None else generator.to(device)

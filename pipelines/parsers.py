@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any, Callable
 
-from generators.names import DEFAULT_CFG_SCALE, DEFAULT_NOISE_STEPS, GENERATORS, PARAMETERIZATIONS, SCHEDULER_NAMES
+from generators.names import (DEFAULT_CFG_SCALE, DEFAULT_NOISE_STEPS, DEFAULT_SPECTRUM_DECAY, GENERATORS,
+                              PARAMETERIZATIONS, SCHEDULER_NAMES)
 from guidance.validation import MAX_STEPS
 from pipelines.cli import (DEFAULT_CLIP, CLIParser, add_guidance_arguments, add_runtime_arguments, module_summary,
                            source_literals)
@@ -143,6 +144,9 @@ def pixels_arguments(parser: argparse.ArgumentParser) -> None:
     """The pixel generator's option (pipelines.pixels_clip)."""
     parser.add_argument("--parameterization", choices=PARAMETERIZATIONS, default="fft",
                         help="fft: decorrelated-colour Fourier image (optimises better); rgb: raw pixels")
+    parser.add_argument("--spectrum-decay", type=float, default=DEFAULT_SPECTRUM_DECAY,
+                        help="fft: amplitudes fall as 1/f^D, larger is smoother (default Lucid's "
+                             f"{DEFAULT_SPECTRUM_DECAY:g}; 1.5 drew the asked colour more often with the shapes CLIP)")
 
 
 # --- CLIP-guided diffusion ---------------------------------------------------------------------------------------

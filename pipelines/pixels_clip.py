@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from pipelines.parsers import latent_parser, pixels_arguments
 
@@ -20,6 +20,7 @@ if __name__ == "__main__":  # parse first: --help and usage errors answer before
 
 import torch
 
+from generators.names import DEFAULT_SPECTRUM_DECAY
 from generators.pixels import PARAMETERIZATIONS, PixelGenerator, load_pixels
 from guidance.clip_models import load_clip_ensemble
 from guidance.runtime import pick_device
@@ -44,10 +45,17 @@ class PixelsCLIPPipeline(LatentOptimizationPipeline):
 
     @classmethod
     def from_pretrained(cls, parameterization: str = "fft", clip_models: Sequence[str] = (DEFAULT_CLIP,),
-                        device: str | torch.device | None = None) -> "PixelsCLIPPipeline":
-        """The pixel generator (`fft` or `rgb`) and CLIP models (`NAME[:PRETRAINED][:WEIGHT]` specs)."""
+                        device: str | torch.device | None = None,
+                        spectrum_decay: float = DEFAULT_SPECTRUM_DECAY) -> "PixelsCLIPPipeline":
+        """The pixel generator (`fft`, with its spectrum's decay, or `rgb`) and CLIP models
+        (`NAME[:PRETRAINED][:WEIGHT]` specs)."""
         device = pick_device(device) if not isinstance(device, torch.device) else device
-        return cls(load_pixels(parameterization, device), load_clip_ensemble(clip_models, device), parameterization)
+        return cls(load_pixels(parameterization, device, spectrum_decay), load_clip_ensemble(clip_models, device),
+                   parameterization)
+
+    def generator_recipe(self) -> dict[str, Any]:
+        """The fft image's spectrum decay."""
+        return {"spectrum_decay": self.pixels.decay} if self.pixels.parameterization == "fft" else {}
 
     @classmethod
     def add_model_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -57,7 +65,7 @@ class PixelsCLIPPipeline(LatentOptimizationPipeline):
     @classmethod
     def from_arguments(cls, args: argparse.Namespace, clip_models: Sequence[str]) -> "PixelsCLIPPipeline":
         """The pipeline the parsed CLI options ask for."""
-        return cls.from_pretrained(args.parameterization, clip_models, args.device)
+        return cls.from_pretrained(args.parameterization, clip_models, args.device, args.spectrum_decay)
 
 
 SPEC = PipelineSpec(name=PixelsCLIPPipeline.name, title="Pixels-CLIP", module="pipelines.pixels_clip",

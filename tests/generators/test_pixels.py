@@ -36,14 +36,16 @@ def test_fft_start_is_a_near_grey_image_and_seeds_repeat():
     assert (first - 0.5).abs().max() < 0.05
 
 
-def test_fft_decode_matches_an_independent_float64_computation():
-    """Lucid's recipe written out with numpy-style steps: scale by 1/f, inverse FFT, /4, colour matrix, sigmoid."""
-    pixels = PixelGenerator("fft")
+@pytest.mark.parametrize("decay", [1.0, 1.5])
+def test_fft_decode_matches_an_independent_float64_computation(decay):
+    """Lucid's recipe written out with numpy-style steps: scale by 1/f^decay, inverse FFT, /4, colour matrix,
+    sigmoid."""
+    pixels = PixelGenerator("fft", decay)
     latent = pixels.random_latent(1, 8, 6, torch.Generator().manual_seed(2)) * 50
     spectrum = torch.view_as_complex(latent.double())
     fy = torch.fft.fftfreq(8, dtype=torch.float64).view(-1, 1)
     fx = torch.fft.rfftfreq(6, dtype=torch.float64).view(1, -1)
-    scale = 1 / torch.maximum((fx ** 2 + fy ** 2).sqrt(), torch.tensor(1 / 8, dtype=torch.float64))
+    scale = 1 / torch.maximum((fx ** 2 + fy ** 2).sqrt(), torch.tensor(1 / 8, dtype=torch.float64)) ** decay
     image = torch.fft.irfft2(spectrum * scale, s=(8, 6), norm="backward") * (8 * 6) ** 0.5 / 4
     expected = torch.sigmoid(torch.einsum("bchw,dc->bdhw", image, COLOUR_CORRELATION.double()))
     assert torch.allclose(pixels.decode(latent).double(), expected, atol=1e-5)
@@ -74,6 +76,8 @@ def test_bad_parameterization_and_decay_are_one_line_errors():
         PixelGenerator("wavelet")
     with pytest.raises(InvalidInputError, match="decay"):
         PixelGenerator("fft", decay=float("nan"))
+    with pytest.raises(InvalidInputError, match="--spectrum-decay applies to the fft parameterization, not rgb"):
+        PixelGenerator("rgb", decay=1.5)
 
 
 def test_registry_loads_each_kind_as_a_latent_generator(tmp_path):

@@ -87,6 +87,21 @@ def test_cli_writes_a_png_whose_recipe_command_reproduces_it(clip_file, tmp_path
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(again)))
 
 
+def test_cli_spectrum_decay_reaches_the_generator_and_the_recipe_and_bad_values_are_one_line(clip_file, tmp_path,
+                                                                                             capsys):
+    out = tmp_path / "smooth.png"
+    args = ["a red circle", "--clip-model", clip_file, "--size", "32", "--steps", "2", "--cutn", "4", "--seed", "5",
+            "--device", "cpu", "--save-every", "0", "-o", str(out)]
+    assert run_cli(main, [*args, "--spectrum-decay", "1.5"]) == 0
+    recipe = read_recipe(out)
+    assert recipe["spectrum_decay"] == 1.5 and "--spectrum-decay 1.5" in recipe["command"]
+    assert run_cli(main, [*args, "--spectrum-decay", "-1"]) == 2
+    assert run_cli(main, [*args, "--parameterization", "rgb", "--spectrum-decay", "2"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()[-2:]
+    assert "--spectrum-decay must be a non-negative number, got -1.0" in errors[0]
+    assert "--spectrum-decay applies to the fft parameterization, not rgb" in errors[1]
+
+
 def test_cli_bad_parameterization_is_one_line_and_exit_2(clip_file):
     result = subprocess.run([sys.executable, "-m", "pipelines.pixels_clip", "x", "--parameterization", "wavelet"],
                             capture_output=True, text=True, cwd=REPO, timeout=120)
