@@ -20,8 +20,8 @@ from meaning import CELL, METHODS, QUICK_PROMPTS  # noqa: E402
 
 # Colour hits (%) the quick run must reach: a little below what it measured on the 2-core VM (docs/shapes_models.md);
 # 0 where it measured 0.
-MIN_COLOUR_HIT = {"vqgan_clip": 60, "pixels_clip": 60, "diffusion_sampler": 30, "diffusion_noise": 90,
-                  "vqgan_masked": 90, "vqgan_directional": 30, "diffusion_masked": 0, "diffusion_inversion": 0,
+MIN_COLOUR_HIT = {"vqgan_clip": 60, "pixels_clip": 60, "diffusion_sampler": 60, "diffusion_noise": 90,
+                  "vqgan_masked": 90, "vqgan_directional": 30, "diffusion_masked": 60, "diffusion_inversion": 30,
                   "noise_masked": 30, "noise_directional": 30}
 MAX_CHANGE_OUTSIDE_MASK = 8.0  # 0-255 levels: a masked edit leaves the rest as it was
 
