@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from pipelines.parsers import (DEFAULT_BACKWARD_LR, DEFAULT_CLIP_SCALE, DEFAULT_EDIT_BACKWARD_STEPS,
-                               DEFAULT_MODEL, MAX_IMAGES, MAX_INVERSION_REFINE)
+                               DEFAULT_MODEL, MAX_IMAGES, MAX_INVERSION_REFINE, METHODS)
 from pipelines.parsers import clip_guided_diffusion_parser as build_parser
 
 if __name__ == "__main__":  # parse first: --help and usage errors answer before the heavy imports below
@@ -686,7 +686,8 @@ def default_method(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     editing = args.init_image or args.mask or args.source_text
     if editing or any(getattr(args, name) != parser.get_default(name) for name in SAMPLER_ONLY):
         return "sampler"
-    return str(folder_info(args.model).get("method", "sampler"))
+    recommended = folder_info(args.model).get("method")
+    return recommended if recommended in METHODS else "sampler"
 
 
 def check_method_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:

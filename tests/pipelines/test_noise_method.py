@@ -57,8 +57,12 @@ def test_noise_only_options_are_refused_with_the_sampler_in_one_line(capsys, tmp
     assert f"{flag} applies to --method noise" in line
 
 
-def test_without_method_a_model_without_a_recommendation_is_guided_by_the_sampler(capsys, tmp_path):
-    folder = save_diffusion(random_pixel_model(), tmp_path / "plain")
+@pytest.mark.parametrize("recommends", [None, "magic"])
+def test_without_method_a_model_without_a_known_recommendation_is_guided_by_the_sampler(capsys, tmp_path, recommends):
+    model = random_pixel_model()
+    if recommends:
+        model.info["method"] = recommends
+    folder = save_diffusion(model, tmp_path / "plain")
     line = one_line_error(capsys, ["a red circle", "--iterations", "2", "--model", str(folder), "--clip-model",
                                    "shapes-tiny", "--device", "cpu", "-o", str(tmp_path / "x.png")])
     assert "--iterations applies to --method noise, not sampler" in line
