@@ -129,6 +129,12 @@ def _option(name: str, hint: Any) -> Option:
     return Option(name, flag, convert, repeatable)
 
 
+def loader_options(cls: type, spec: PipelineSpec) -> dict[str, Option]:
+    """The batch options set once when the pipeline loads (`spec.load_options`, typed by its from_pretrained)."""
+    hints = typing.get_type_hints(cls.from_pretrained)
+    return {name: _option(name, hints.get(name, str)) for name in spec.load_options}
+
+
 def option_named(options: dict[str, Option], key: str) -> Option | None:
     """The option a JSON key names: its call keyword or its flag's name ('cut_pow', 'cut-pow', 'image_prompt')."""
     wanted = key.replace("-", "_")
@@ -150,7 +156,7 @@ class Job:
     seed: int | None = None
 
 
-def read_jobs(path: Path, pipeline: str, options: dict[str, Option]) -> list[Job]:
+def read_jobs(path: Path, pipeline: str, options: dict[str, Option], load_keys: Sequence[str] = ()) -> list[Job]:
     """The jobs of a prompts file or a JSONL file, or a one-line error naming the file and line."""
     if not path.is_file():
         raise InvalidInputError(f"jobs file {path} not found; give a text file (one prompt per line) or a .jsonl file")
@@ -163,7 +169,7 @@ def read_jobs(path: Path, pipeline: str, options: dict[str, Option]) -> list[Job
     for number, text in enumerate(lines, start=1):
         if not text.strip() or (not jsonl and text.lstrip().startswith("#")):
             continue
-        jobs.append(_json_job(path, number, text, pipeline, options) if jsonl
+        jobs.append(_json_job(path, number, text, pipeline, options, load_keys) if jsonl
                     else Job(f"line-{number}", number, text.strip()))
     if not jobs:
         raise InvalidInputError(f"jobs file {path} has no jobs (it is empty or only blank lines); write one prompt "
@@ -172,7 +178,8 @@ def read_jobs(path: Path, pipeline: str, options: dict[str, Option]) -> list[Job
     return jobs
 
 
-def _json_job(path: Path, number: int, text: str, pipeline: str, options: dict[str, Option]) -> Job:
+def _json_job(path: Path, number: int, text: str, pipeline: str, options: dict[str, Option],
+              load_keys: Sequence[str] = ()) -> Job:
     """One JSONL line as a job; every problem is one line naming the file and line."""
     where = f"{path}:{number}"
     try:
@@ -197,16 +204,18 @@ def _json_job(path: Path, number: int, text: str, pipeline: str, options: dict[s
         seed = None if seed is None else check_seed(seed)
     except InvalidInputError as error:
         raise InvalidInputError(f"{where}: {error}") from None
-    return Job(job_id, number, prompt, _job_options(where, settings, options), seed)
+    return Job(job_id, number, prompt, _job_options(where, settings, options, load_keys), seed)
 
 
-def _job_options(where: str, settings: dict[str, Any], options: dict[str, Option]) -> dict[str, Any]:
-    """A job's own options as call keywords (None: the pipeline's default), or a one-line error."""
+def _job_options(where: str, settings: dict[str, Any], options: dict[str, Option],
+                 load_keys: Sequence[str] = ()) -> dict[str, Any]:
+    """A job's own options as call keywords (None: the pipeline's default), or a one-line error (also for the
+    options in `load_keys`, which the whole batch sets when the pipeline loads)."""
     chosen: dict[str, Any] = {}
     for key, value in settings.items():
         option = option_named(options, key)
         if option is None:
-            if key.replace("-", "_") in BATCH_WIDE:
+            if key.replace("-", "_") in BATCH_WIDE | set(load_keys):
                 raise InvalidInputError(f"{where}: {key!r} is set for the whole batch (the model loads once per "
                                         "process); give it on the command line")
             close = difflib.get_close_matches(key, [o.name for o in options.values()], n=1)
@@ -311,6 +320,8 @@ class Batch:
     base_seed: int
     folder: Path
     options: dict[str, Option]
+    load_settings: dict[str, Any] = field(default_factory=dict)  # set when the pipeline loads (not None ones)
+    load_options: dict[str, Option] = field(default_factory=dict)
 
     def settings(self, job: Job) -> tuple[dict[str, Any], int]:
         """A job's call options (command-line defaults overridden by its own; None ones dropped) and its seed."""
@@ -321,12 +332,15 @@ class Batch:
         """A digest of everything that decides a job's images: a done job with another fingerprint is redone."""
         options, seed = self.settings(job)
         what = [self.spec.name, self.model, self.clip_models, job.prompt, options, seed]
+        if self.load_settings:  # absent when empty, so batches without them keep their fingerprints
+            what.append(self.load_settings)
         return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def command(self, job: Job, output: Path) -> str:
         """The pipeline CLI command that reproduces a job's image(s) into `output`."""
         options, seed = self.settings(job)
         argv = [self.spec.model_flag, self.model, *[part for clip in self.clip_models for part in ("--clip-model", clip)]]
+        argv += [part for name, value in sorted(self.load_settings.items()) for part in self.load_options[name].argv(value)]
         argv += [part for name, value in sorted(options.items()) for part in self.options[name].argv(value)]
         argv += [*self.spec.cli_flags, *(["--device", self.device] if self.device else []), "--seed", str(seed),
                  "--output", str(output)]
@@ -407,22 +421,25 @@ def remove_temporaries(folder: Path) -> None:
 # --- the command line -------------------------------------------------------------------------------------------
 
 
-def parse_arguments(argv: list[str]) -> tuple[argparse.Namespace, PipelineSpec, dict[str, Option]]:
-    """Parse the command line in two passes: the pipeline first, then its own options (and its --help)."""
+def parse_arguments(argv: list[str]) -> tuple[argparse.Namespace, PipelineSpec, dict[str, Option], dict[str, Option]]:
+    """Parse the command line in two passes: the pipeline first, then its own call and load options (and its
+    --help); returns (arguments, spec, call options, load options)."""
     spec = get_pipeline_spec(batch_pipeline_name(argv))
-    options = pipeline_options(pipeline_class(spec), spec)
-    return build_parser(spec, options).parse_args(argv), spec, options
+    cls = pipeline_class(spec)
+    options, load_options = pipeline_options(cls, spec), loader_options(cls, spec)
+    return build_parser(spec, options, load_options).parse_args(argv), spec, options, load_options
 
 
 def main(argv: list[str]) -> int:
     """Run the CLI; returns the exit code (0: all done, 1: some jobs failed, 2: bad input, 130: interrupted)."""
-    args, spec, options = parse_arguments(argv)
+    args, spec, options, load_options = parse_arguments(argv)
     check_seed(args.seed)
     folder = check_folder(args.output_dir, "--output-dir")
     defaults = {name: getattr(args, name) for name in options if getattr(args, name) is not None}
+    load_settings = {name: getattr(args, name) for name in load_options if getattr(args, name) is not None}
     batch = Batch(spec, args.model, args.clip_model or [DEFAULT_CLIP], args.device, defaults, args.seed, folder,
-                  options)
-    jobs = read_jobs(Path(args.jobs), spec.name, options)
+                  options, load_settings, load_options)
+    jobs = read_jobs(Path(args.jobs), spec.name, options, list(load_options))
     state = process_state(args.device)
     rank, world = state.process_index, state.num_processes
     if state.is_main_process:
@@ -431,7 +448,7 @@ def main(argv: list[str]) -> int:
     state.wait_for_everyone()  # every process has read the same manifest before any process writes to it
     shard = pending[rank::world]
     device = pick_device(args.device) if args.device else state.device
-    pipeline = spec.load(args.model, batch.clip_models, device)
+    pipeline = spec.load(args.model, batch.clip_models, device, **load_settings)
     log = ManifestLog(folder / (MANIFEST if world == 1 else f"manifest.rank-{rank}.jsonl"))
     label = "batch" if world == 1 else f"batch {rank + 1}/{world}"
     total = len(jobs) if world == 1 else len(shard)

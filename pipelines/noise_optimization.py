@@ -99,10 +99,10 @@ def main(argv: list[str]) -> int:
 
 SPEC = PipelineSpec(name=NoiseOptimizationPipeline.name, title="Noise optimisation (diffusion)",
                     module="pipelines.noise_optimization",
-                    load=lambda model, clip_models, device: NoiseOptimizationPipeline.from_pretrained(
-                        model, clip_models, device),
+                    load=lambda model, clip_models, device, **options: NoiseOptimizationPipeline.from_pretrained(
+                        model, clip_models, device, **options),
                     model_label="Diffusion model", model_flag="--model", model_choices=known_diffusion_names,
-                    offline_models=tuple(BUILTIN_DIFFUSION_MODELS))
+                    offline_models=tuple(BUILTIN_DIFFUSION_MODELS), load_options=("sampler_steps", "cfg_scale"))
 
 
 if __name__ == "__main__":

@@ -286,8 +286,10 @@ def clip_score_parser() -> CLIParser:
 # --- batch jobs --------------------------------------------------------------------------------------------------
 
 
-def batch_parser(spec: PipelineSpec | None, options: dict[str, Option]) -> CLIParser:
-    """The batch options, plus the pipeline's model option and call options once the pipeline is known."""
+def batch_parser(spec: PipelineSpec | None, options: dict[str, Option],
+                 load_options: dict[str, Option] | None = None) -> CLIParser:
+    """The batch options, plus the pipeline's model option, load options and call options once the pipeline is
+    known."""
     parser = CLIParser(prog="python -m pipelines.batch", description=module_summary("pipelines.batch"))
     parser.add_argument("jobs", help="a text file (one prompt per line) or a .jsonl file (one object of settings per line)")
     parser.add_argument("--pipeline", required=True, help=f"the pipeline: {', '.join(PIPELINES)}")
@@ -300,6 +302,10 @@ def batch_parser(spec: PipelineSpec | None, options: dict[str, Option]) -> CLIPa
                         help=f"CLIP model, repeatable for an ensemble (default: {DEFAULT_CLIP})")
     if spec is not None:
         parser.add_argument(spec.model_flag, dest="model", required=True, help=f"the {spec.model_label} to load")
+        for option in (load_options or {}).values():
+            parser.add_argument(option.flag, dest=option.name, type=option.convert, default=None,
+                                help=f"{option.name} of the pipeline, set once when it loads, for every job "
+                                     "(default: the pipeline's own)")
         for option in options.values():
             help_text = f"the default {option.name} of every job (default: the pipeline's own)"
             if option.switch:

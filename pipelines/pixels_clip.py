@@ -69,9 +69,10 @@ class PixelsCLIPPipeline(LatentOptimizationPipeline):
 
 
 SPEC = PipelineSpec(name=PixelsCLIPPipeline.name, title="Pixels-CLIP", module="pipelines.pixels_clip",
-                    load=lambda model, clip_models, device: PixelsCLIPPipeline.from_pretrained(model, clip_models, device),
+                    load=lambda model, clip_models, device, **options: PixelsCLIPPipeline.from_pretrained(
+                        model, clip_models, device, **options),
                     model_label="Parameterization", model_flag="--parameterization",
-                    model_choices=lambda: PARAMETERIZATIONS, offline_models=("fft",))
+                    model_choices=lambda: PARAMETERIZATIONS, offline_models=("fft",), load_options=("spectrum_decay",))
 
 
 def main(argv: list[str]) -> int:

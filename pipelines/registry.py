@@ -31,12 +31,13 @@ class PipelineSpec:
     name: str  # registry name, also the recipe's 'pipeline'
     title: str  # shown in menus
     module: str  # `python -m MODULE` is its CLI
-    load: Callable[..., Any]  # load(model, clip_models, device) -> pipeline (a callable returning PipelineOutput)
+    load: Callable[..., Any]  # load(model, clip_models, device, **load_options) -> pipeline (a callable -> PipelineOutput)
     model_label: str  # what its model picker chooses, e.g. 'VQGAN'
     model_flag: str  # the CLI option naming the model, e.g. '--vqgan'
     model_choices: Callable[[], Sequence[str]]  # names offered in menus
     offline_models: tuple[str, ...]  # the models that ship with the package, the first preselected in menus
     cli_flags: tuple[str, ...] = ()  # options that pick this pipeline in its module's CLI, e.g. ('--method', 'sampler')
+    load_options: tuple[str, ...] = ()  # keywords of the class's from_pretrained set once per load, e.g. 'sampler_steps'
 
     def call_options(self, pipeline: Any) -> set[str]:
         """The keyword options the pipeline's call accepts."""

@@ -112,6 +112,39 @@ def test_a_batch_job_turns_best_step_off_and_its_command_says_so(tmp_path):
     assert "--no-best-step" in shlex.split(recipe["command"])
 
 
+def test_a_batch_sets_the_load_options_once_records_them_and_its_command_remakes_the_image(tmp_path):
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("a red circle\n")
+    out = tmp_path / "out"
+    text_model = ["--model", "shapes-tiny-text", *SHAPES[2:]]
+    argv = [str(jobs), "--output-dir", str(out), "--pipeline", "noise_optimization", *text_model, "--sampler-steps",
+            "2", "--cfg-scale", "2", "--steps", "2", "--cutn", "2", "--candidates", "2"]
+    assert run_cli(batch_main, argv) == 0
+    recipe = read_recipe(out / "line-1.png")
+    assert recipe["sampler_steps"] == 2 and recipe["cfg_scale"] == 2.0
+    command = shlex.split(recipe["command"])
+    assert command[command.index("--sampler-steps") + 1] == "2" and command[command.index("--cfg-scale") + 1] == "2.0"
+    args = command[3:]
+    args[args.index("--output") + 1] = str(tmp_path / "again.png")
+    assert main(args) == 0
+    before, after = (np.asarray(Image.open(p), dtype=int) for p in (out / "line-1.png", tmp_path / "again.png"))
+    assert np.abs(before - after).max() <= 1
+    first = json.loads((out / "manifest.jsonl").read_text().splitlines()[0])["fingerprint"]
+    argv[argv.index("--sampler-steps") + 1] = "3"  # another load setting: the job is redone
+    assert run_cli(batch_main, argv) == 0
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert records[-1]["fingerprint"] != first and read_recipe(out / "line-1.png")["sampler_steps"] == 3
+
+
+def test_a_job_cannot_set_a_load_option(tmp_path, capsys):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"prompt": "a red circle", "sampler_steps": 3}) + "\n")
+    assert run_cli(batch_main, [str(jobs), "--output-dir", str(tmp_path / "out"), "--pipeline", "noise_optimization",
+                                *SHAPES]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "'sampler_steps' is set for the whole batch" in error and "\n" not in error
+
+
 def test_a_clip_conditioned_model_follows_the_prompts_positive_texts_with_its_cfg_scale(tmp_path):
     """A pixel DDPM conditioned on CLIP text embeddings: the UNet follows the prompt's positive texts (the negative
     ones are classifier-free guidance's negative), and the recipe records the scale."""

@@ -102,6 +102,18 @@ def test_cli_spectrum_decay_reaches_the_generator_and_the_recipe_and_bad_values_
     assert "--spectrum-decay applies to the fft parameterization, not rgb" in errors[1]
 
 
+def test_a_batch_loads_the_fft_image_with_its_spectrum_decay_and_records_it(clip_file, tmp_path):
+    from pipelines.batch import main as batch_main
+
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("a red circle\n")
+    assert run_cli(batch_main, [str(jobs), "--output-dir", str(tmp_path / "out"), "--pipeline", "pixels_clip",
+                                "--parameterization", "fft", "--clip-model", clip_file, "--device", "cpu",
+                                "--spectrum-decay", "1.5", "--size", "32", "--steps", "2", "--cutn", "2"]) == 0
+    recipe = read_recipe(tmp_path / "out" / "line-1.png")
+    assert recipe["spectrum_decay"] == 1.5 and "--spectrum-decay 1.5" in recipe["command"]
+
+
 def test_cli_bad_parameterization_is_one_line_and_exit_2(clip_file):
     result = subprocess.run([sys.executable, "-m", "pipelines.pixels_clip", "x", "--parameterization", "wavelet"],
                             capture_output=True, text=True, cwd=REPO, timeout=120)
