@@ -179,7 +179,8 @@ def edit_tab(app: WebApp, clip_models: gr.Dropdown) -> None:
             source = gr.Textbox(label="Source text (directional edit)", elem_id="source", placeholder="a red circle")
             edit_method = gr.Radio(list(EDIT_METHODS), value=MASKED_EDIT, label="Edit",
                                    info="masked: only the painted region changes; directional: from the source "
-                                        "text to the target; init-image: start from the photo")
+                                        "text to the target; region found: the same, only where CLIP relates the "
+                                        "photo to the texts; init-image: start from the photo")
             method = method_picker(app, "edit", "Generator")
             strength_users = methods_taking("edit_strength")
             with gr.Row():

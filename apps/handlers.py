@@ -33,13 +33,14 @@ from guidance.errors import InvalidInputError, ToolkitError
 from guidance.images import save_png, tensor_to_pil
 from guidance.prompts import parse_prompts
 from guidance.runtime import pick_device, resolve_seed
-from pipelines.common import call_defaults, command_line, parse_size, round_size
+from pipelines.common import AUTO_MASK, call_defaults, command_line, parse_size, round_size
 from pipelines.registry import PipelineSpec, get_pipeline_spec, load_pipeline, pipeline_names
 
 log = logging.getLogger(__name__)
 
 MASKED_EDIT, DIRECTIONAL_EDIT, INIT_IMAGE_EDIT = "masked edit", "directional edit", "init-image edit"
-EDIT_METHODS = (MASKED_EDIT, DIRECTIONAL_EDIT, INIT_IMAGE_EDIT)
+LOCALISED_EDIT = "directional edit, region found"  # --source-text with --mask auto
+EDIT_METHODS = (MASKED_EDIT, DIRECTIONAL_EDIT, LOCALISED_EDIT, INIT_IMAGE_EDIT)
 # The advanced settings: a pipeline call option each, by its label; empty fields are not sent.
 ADVANCED_OPTIONS = {"lr": "Learning rate", "cut_pow": "Cutout size power", "augment": "Cutout augmentation",
                     "clip_scale": "CLIP scale", "tv_scale": "TV scale", "range_scale": "Range scale"}
@@ -412,14 +413,15 @@ class WebApp:
                 if mask is None:
                     raise InvalidInputError("a masked edit changes the painted region; paint it with the brush "
                                             "or upload a mask (white = change)")
-            if edit_method == DIRECTIONAL_EDIT and not (source and source.strip()):
+            directional = edit_method in (DIRECTIONAL_EDIT, LOCALISED_EDIT)
+            if directional and not (source and source.strip()):
                 raise InvalidInputError("a directional edit needs a source text describing the photo, "
                                         "e.g. 'a red circle'")
             options = {**counts, "seed": seed_of(seed, random_seed), "lr": lr, "cut_pow": cut_pow,
                        "augment": augment, "clip_scale": clip_scale, "tv_scale": tv_scale,
                        "range_scale": range_scale, "precision": precision,
-                       "source_text": source.strip() if edit_method == DIRECTIONAL_EDIT else None,
-                       "init_image": photo, "mask": mask}  # the images become files once the size is known
+                       "source_text": source.strip() if directional else None, "init_image": photo,
+                       "mask": AUTO_MASK if edit_method == LOCALISED_EDIT else mask}  # images: files once sized
 
             def prepare(built: Job) -> None:
                 if "edit_strength" in built.accepted:

@@ -15,7 +15,8 @@ contact sheet (one row per method: the first seed of every prompt).
 Settings: the CLI defaults, except the sizes and steps the README's offline demo uses for the shapes models
 (VQGAN and pixels at 64 px, 100 steps, 16 cutouts; the DDPMs at their native 32 px, 50 steps, 16 cutouts: text to
 image on shapes-tiny-text, edits on shapes-tiny). They are
-in METHODS and in the JSON.
+in METHODS and in the JSON. Edits recolour a rendered shape: masked ones in the centre square, directional ones
+with --source-text over the whole image, localised ones with --source-text and --mask auto.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class Method:
     load: Callable[[], Any]  # () -> the pipeline
     settings: dict[str, Any]  # the pipeline call's settings (besides prompt, seed and the edit's inputs)
     size: int  # the image side it works at
-    edit: str | None = None  # None (text to image), 'masked' or 'directional'
+    edit: str | None = None  # None (text to image), 'masked', 'directional' or 'localised' (directional, --mask auto)
     recorded: dict[str, Any] = field(default_factory=dict)  # settings fixed at load time, recorded in the JSON
 
 
@@ -111,6 +112,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            recorded={**NOISE_RECORDED, "model": EDIT_DDPM}),
     Method("noise_directional", _noise(EDIT_DDPM), NOISE_CALL, 32, edit="directional",
            recorded={**NOISE_RECORDED, "model": EDIT_DDPM}),
+    Method("vqgan_localised", _vqgan, OPTIMISED, 64, edit="localised"),
+    Method("diffusion_localised", _diffusion(EDIT_DDPM), SAMPLED, 32, edit="localised",
+           recorded={"model": EDIT_DDPM}),
+    Method("noise_localised", _noise(EDIT_DDPM), NOISE_CALL, 32, edit="localised",
+           recorded={**NOISE_RECORDED, "model": EDIT_DDPM}),
 )}
 
 
@@ -141,7 +147,8 @@ def edit_inputs(method: Method, colour: str, shape: str) -> tuple[np.ndarray, di
         region = edit_region(method.size)
         return source, {"init_image": tensor, "mask": torch.from_numpy(region).float()}, region
     background = np.all(source == source[0, 0], axis=-1)
-    return source, {"init_image": tensor, "source_text": prompt_of(source_colour(colour), shape)}, ~background
+    extra = {"init_image": tensor, "source_text": prompt_of(source_colour(colour), shape)}
+    return source, {**extra, "mask": "auto"} if method.edit == "localised" else extra, ~background
 
 
 def run_one(method: Method, pipe: Any, colour: str, shape: str, seed: int,

@@ -13,7 +13,7 @@ from torch import nn
 from .encoder import CLIPEncoder, check_images
 from .cutouts import MakeCutouts
 from .errors import InvalidInputError
-from .losses import DISTANCES, directional_loss
+from .losses import DISTANCES, directional_loss, spherical_dist_loss
 from .prompts import Prompt, normalize, parse_prompts
 from .templates import Template, choose_templates, fill
 from .validation import check_number
@@ -180,12 +180,13 @@ class DirectionalCLIPLoss(nn.Module):
     the Chinese set when a text is Chinese (any name or file `guidance.templates.choose_templates` takes). With `cutouts`, edited and
     source images are cut with the same boxes and augmented alike (`MakeCutouts.pair`: augmenting both keeps an
     edit from fooling CLIP with patterns only it sees); without, whole images are compared. `l1_weight` adds
-    `l1(edited, source)` for fidelity.
+    `l1(edited, source)` for fidelity; `target_weight` adds the edited images' spherical distance to the target
+    text itself (the loss a masked edit descends), for edits confined to a region.
     """
 
     def __init__(self, clip_models: CLIPModels, source_image: torch.Tensor, source_text: str, target_text: str,
                  cutouts: MakeCutouts | None = None, l1_weight: float = 0.0,
-                 templates: str | Sequence[Template] = "auto"):
+                 templates: str | Sequence[Template] = "auto", target_weight: float = 0.0):
         super().__init__()
         self.members = as_ensemble(clip_models)
         self.clip_models = nn.ModuleList(model for model, _ in self.members)
@@ -197,6 +198,7 @@ class DirectionalCLIPLoss(nn.Module):
         templates = choose_templates([source_text, target_text], templates)
         self.register_buffer("source_image", source_image.detach().clone(), persistent=False)
         self.cutouts, self.l1_weight = cutouts, l1_weight
+        self.target_weight = check_number("target_weight", target_weight, low=0)
         self.last_losses: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             for index, (model, _) in enumerate(self.members):
@@ -206,6 +208,8 @@ class DirectionalCLIPLoss(nn.Module):
                                             "for CLIP, so there is no edit direction; give two different texts")
                 self.register_buffer(f"text_direction_{index}", F.normalize(direction, dim=-1), persistent=False)
                 self.register_buffer(f"source_embedding_{index}", model.encode_image(self.source_image), persistent=False)
+                if self.target_weight:
+                    self.register_buffer(f"target_embedding_{index}", model.encode_text([target_text]), persistent=False)
 
     def forward(self, images: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         """Directional loss (+ L1 to the source) of edited [0, 1] BCHW images, same size as the source."""
@@ -218,6 +222,7 @@ class DirectionalCLIPLoss(nn.Module):
         if self.cutouts is not None:
             edited_views, source_views = self.cutouts.pair(images, source)
         per_image = images.new_zeros(batch, dtype=torch.float32)
+        target_part = images.new_zeros(batch, dtype=torch.float32)
         for index, (model, model_weight) in enumerate(self.members):
             direction = getattr(self, f"text_direction_{index}")
             if self.cutouts is None:
@@ -228,7 +233,13 @@ class DirectionalCLIPLoss(nn.Module):
                     reference = model.encode_image(source_views)
             loss = directional_loss(reference, edited, torch.zeros_like(direction), direction)
             per_image = per_image + model_weight * loss.view(-1, batch).mean(0)
+            if self.target_weight:
+                to_target = spherical_dist_loss(edited, getattr(self, f"target_embedding_{index}"))
+                target_part = target_part + model_weight * to_target.view(-1, batch).mean(0)
         self.last_losses = {"directional": per_image.detach().mean()}
+        if self.target_weight:
+            self.last_losses["target"] = target_part.detach().mean()
+            per_image = per_image + self.target_weight * target_part
         if self.l1_weight:
             l1 = (images - source).abs().mean(dim=(1, 2, 3))
             self.last_losses["l1"] = l1.detach().mean()

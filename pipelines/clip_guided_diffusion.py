@@ -47,9 +47,10 @@ from guidance.outputs import check_folder
 from guidance.prompts import Prompt, parse_prompts
 from guidance.runtime import autocast, check_precision, explain_out_of_memory, pick_device, prepare_device, resolve_seed
 from guidance.validation import MAX_STEPS, check_count, check_some_weight
-from pipelines.common import (DEFAULT_CLIP, InitImages, PipelineOutput, StepCallback, check_batch_outputs,
-                              check_cutouts, clean_recipe, command_line, directional_target, edit_mode, finish_cli,
-                              frame_of, load_edit_inputs, parse_size, round_size, run_cli, save_partial)
+from pipelines.common import (DEFAULT_CLIP, REGION_TARGET_WEIGHT, InitImages, PipelineOutput, StepCallback,
+                              check_batch_outputs, check_cutouts, clean_recipe, command_line, directional_target,
+                              edit_mode, finish_cli, frame_of, load_edit_inputs, parse_size, round_size, run_cli,
+                              save_partial)
 from pipelines.noise_optimization import NoiseOptimizationPipeline
 from pipelines.ranking import ranking_for
 from pipelines.registry import PipelineSpec
@@ -305,7 +306,8 @@ class CLIPGuidedDiffusionPipeline:
                               self.device)
         cutouts = MakeCutouts(max((m.image_size for m, _ in self.clip_models), default=224), cutn=cutn, cut_pow=cut_pow,
                               augment=augment)
-        seed, size, init, mask_tensor = self.prepare_run(seed, size, init_image, mask)
+        texts = (plan.source_text, plan.target) if plan.mode == "directional" else None
+        seed, size, init, mask_tensor = self.prepare_run(seed, size, init_image, mask, texts)
         batch = num_images if init is None else init.shape[0]
         self._check_memory(size, cutn if plan.clip_scale else 0, batch)
         generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -423,16 +425,16 @@ class CLIPGuidedDiffusionPipeline:
         return scale
 
     def prepare_run(self, seed: int | None, size: Size | None, init_image: InitImages | None,
-                    mask: str | Path | torch.Tensor | None = None
+                    mask: str | Path | torch.Tensor | None = None, texts: tuple[str, str] | None = None
                     ) -> tuple[int, tuple[int, int], torch.Tensor | None, torch.Tensor | None]:
         """Seed the run and ready the device: (seed, (width, height), the init images in [0, 1] or None, the mask
-        or None)."""
+        or None; `--mask auto` is found from a directional edit's (source, target) `texts`)."""
         seed = resolve_seed(seed)
         prepare_device(self.device)
         size = round_size(parse_size(self.model.native_size if size is None else size), self.size_factor,
                           self.model.name)
         torch.manual_seed(seed)
-        return seed, size, *load_edit_inputs(init_image, mask, size, self.device)
+        return seed, size, *load_edit_inputs(init_image, mask, size, self.device, self.clip_models, texts)
 
     # --- 2. preparing the latents -----------------------------------------------------------------------------
 
@@ -482,8 +484,9 @@ class CLIPGuidedDiffusionPipeline:
         if not plan.clip_scale:
             return None
         if plan.mode == "directional":
-            clip_loss: torch.nn.Module = DirectionalCLIPLoss(self.clip_models, run.init, plan.source_text, plan.target,
-                                                             cutouts=cutouts, l1_weight=plan.fidelity)
+            clip_loss: torch.nn.Module = DirectionalCLIPLoss(
+                self.clip_models, run.init, plan.source_text, plan.target, cutouts=cutouts, l1_weight=plan.fidelity,
+                target_weight=REGION_TARGET_WEIGHT if run.mask is not None else 0.0)
         else:
             clip_loss = CLIPLoss(self.clip_models, plan.prompts, cutouts=cutouts)
         fidelity = plan.fidelity if plan.mode in ("init", "masked") else 0.0

@@ -20,6 +20,7 @@ from guidance.errors import InvalidInputError, ToolkitError
 from guidance.images import attach_recipe, load_image, png_output_path, save_png
 from guidance.outputs import atomic_path, check_output, partial_path
 from guidance.prompts import parse_prompt
+from guidance.relevance import relevance_mask
 from guidance.validation import MAX_CUTN, check_count, check_number
 from pipelines.cli import (DEFAULT_CLIP, CLIParser, DefaultsHelpFormatter, add_guidance_arguments,  # noqa: F401
                            add_runtime_arguments, call_defaults, command_line, run_cli)
@@ -60,13 +61,29 @@ class PipelineOutput:
         return save_png(self.images[index], path, self.recipe_of(index))
 
 
+AUTO_MASK = "auto"  # --mask auto: the region CLIP relates to the source -> target text direction
+# A directional edit confined to a mask also descends the target text's own CLIP loss at this weight. Measured on
+# the shapes world, 16 recolourings with --mask auto (colour / shape hit): VQGAN-CLIP 50.0 / 37.5% with the
+# directional loss alone, 68.8 / 56.2% with the target loss alone, 62.5 / 43.8% with both; noise optimisation
+# 31.2 / 12.5%, 18.8 / 6.2% and 31.2 / 25.0%. Both together are the best sum over the two.
+REGION_TARGET_WEIGHT = 1.0
+
+
+def is_auto_mask(mask: Any) -> bool:
+    """Whether the mask asks to be found from the edit's texts (`--mask auto`)."""
+    return isinstance(mask, str) and mask == AUTO_MASK
+
+
 def edit_mode(init_image: Any, mask: Any, source_text: str | None) -> str:
-    """What a run does with its inputs: 'generate', 'init' (start from an image), 'masked' or 'directional'."""
+    """What a run does with its inputs: 'generate', 'init' (start from an image), 'masked' or 'directional' (with
+    a mask, a directional edit changes only the mask's region)."""
     if (mask is not None or source_text) and init_image is None:
         raise InvalidInputError("--mask and --source-text edit an image; give it with --init-image")
-    if mask is not None and source_text:
-        raise InvalidInputError("choose one way to edit: --mask (change a region) or --source-text (directional)")
-    return "generate" if init_image is None else "masked" if mask is not None else "directional" if source_text else "init"
+    if is_auto_mask(mask) and not source_text:
+        raise InvalidInputError("--mask auto finds the region to edit from --source-text; give it, or paint a mask")
+    if init_image is None:
+        return "generate"
+    return "directional" if source_text else "masked" if mask is not None else "init"
 
 
 def directional_target(prompt: str) -> str:
@@ -161,9 +178,16 @@ def load_init_images(init_image: InitImages | None, size: tuple[int, int], devic
 
 
 def load_edit_inputs(init_image: InitImages | None, mask: str | Path | torch.Tensor | None, size: tuple[int, int],
-                     device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+                     device: torch.device, clip_models: Any = None,
+                     texts: tuple[str, str] | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(init images, mask) on the device at `size`; the mask is checked first, so that a bad mask is refused in one
-    line before any resize notice of the init images."""
+    line before any resize notice of the init images. `--mask auto` is found by `clip_models` from the edit's
+    (source, target) `texts` (`guidance.relevance`)."""
+    if is_auto_mask(mask):
+        init = load_init_images(init_image, size, device)
+        if init.shape[0] != 1:
+            raise InvalidInputError(f"--mask auto finds the region of one init image, got {init.shape[0]}")
+        return init, relevance_mask(clip_models, init, *texts)
     mask_tensor = as_mask(mask, size, device)
     return load_init_images(init_image, size, device), mask_tensor
 

@@ -41,9 +41,9 @@ from guidance.prompts import parse_prompt, parse_prompts
 from guidance.runtime import (autocast, check_compile, explain_out_of_memory, pick_device, prepare_device,
                               resolve_precision, resolve_seed)
 from guidance.validation import MAX_STEPS, check_count, check_number, check_some_weight
-from pipelines.common import (DEFAULT_CLIP, PipelineOutput, StepCallback, check_batch_outputs, check_cutouts,
-                              clean_recipe, command_line, directional_target, edit_mode, finish_cli, frame_of,
-                              load_edit_inputs, parse_size, round_size, run_cli, save_partial)
+from pipelines.common import (DEFAULT_CLIP, REGION_TARGET_WEIGHT, PipelineOutput, StepCallback, check_batch_outputs,
+                              check_cutouts, clean_recipe, command_line, directional_target, edit_mode, finish_cli,
+                              frame_of, load_edit_inputs, parse_size, round_size, run_cli, save_partial)
 from pipelines.ranking import ranking_for
 
 OPTIMIZERS = dict(zip(OPTIMIZER_NAMES, (torch.optim.Adam, torch.optim.AdamW, torch.optim.RAdam, torch.optim.SGD,
@@ -202,14 +202,16 @@ class LatentOptimizationPipeline:
         torch.manual_seed(seed)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         # 2. Prepare the inputs and the loss (targets are embedded once, here).
-        init, mask_tensor = load_edit_inputs(init_image, mask, (width, height), self.device)
+        texts = (source_text, settings["target"]) if source_text else None
+        init, mask_tensor = load_edit_inputs(init_image, mask, (width, height), self.device, self.clip_models, texts)
         if init is not None and init.shape[0] != 1:
             raise InvalidInputError(f"{self.name} edits one image at a time, got {init.shape[0]}")
         fidelity = init_weight if init_weight is not None else (1.0 if source_text else 0.0)
         cutouts = MakeCutouts(clip_size, cutn=cutn, cut_pow=cut_pow, augment=augment)
         if source_text:
-            clip_loss: torch.nn.Module = DirectionalCLIPLoss(self.clip_models, init, source_text, settings["target"],
-                                                             cutouts=cutouts, l1_weight=fidelity)
+            clip_loss: torch.nn.Module = DirectionalCLIPLoss(
+                self.clip_models, init, source_text, settings["target"], cutouts=cutouts, l1_weight=fidelity,
+                target_weight=REGION_TARGET_WEIGHT if mask_tensor is not None else 0.0)
         else:
             clip_loss = CLIPLoss(self.clip_models, settings["prompts"], settings["image_prompts"], cutouts=cutouts,
                                  contrast=contrast)

@@ -37,6 +37,8 @@ METHODS = ("sampler", "noise")
 DEFAULT_EDIT_BACKWARD_STEPS = 5
 DEFAULT_BACKWARD_LR = 0.1
 GUIDANCE_SCHEDULE_NAMES = ("constant", "cosine", "linear")  # generators.diffusion.GUIDANCE_SCHEDULES
+MASK_HELP = ("edit only the white region of this mask (same size as the output); 'auto' with --source-text: the "
+             "region CLIP relates to the source -> prompt change")
 
 
 # --- latent optimisation: pipelines.latent_optimization, pipelines.vqgan_clip, pipelines.pixels_clip -------------
@@ -65,7 +67,7 @@ def latent_parser(module: str, pipeline: str, add_model_arguments: ModelArgument
     parser.add_argument("--init-image", default=None, help="start from this image (and edit it)")
     parser.add_argument("--init-weight", type=float, default=None,
                         help="fidelity to the init image (default 0; 1 for --source-text edits)")
-    parser.add_argument("--mask", default=None, help="edit only the white region of this mask (same size as the output)")
+    parser.add_argument("--mask", default=None, help=MASK_HELP)
     parser.add_argument("--source-text", default=None, help="describe the init image; the prompt is the target")
     add_many_images_arguments(parser)
     parser.add_argument("--cutn-batches", type=int, default=defaults["cutn_batches"],
@@ -226,8 +228,7 @@ def clip_guided_diffusion_parser() -> CLIParser:
                         help="start from this image and edit it; repeat to edit several (NAME-1.png, NAME-2.png, ...)")
     parser.add_argument("--init-weight", type=float, default=defaults["init_weight"],
                         help="fidelity to the init image (default 0; L1 weight 1 for --source-text edits)")
-    parser.add_argument("--mask", default=defaults["mask"],
-                        help="edit only the white region of this mask (same size as the output)")
+    parser.add_argument("--mask", default=defaults["mask"], help=MASK_HELP)
     parser.add_argument("--source-text", default=defaults["source_text"],
                         help="describe the init image; DDIM-invert it and edit towards the prompt (DiffusionCLIP)")
     parser.add_argument("--inversion-steps", type=int, default=defaults["inversion_steps"],

@@ -16,8 +16,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from apps.gradio_app import build_app, build_parser, main
-from apps.handlers import (DIRECTIONAL_EDIT, INIT_IMAGE_EDIT, MASKED_EDIT, RUNS, AppConfig, PipelineCache, Preview,
-                           WebApp, check_size, error_message, merge_negative_prompt, seed_of, stream_pipeline)
+from apps.handlers import (DIRECTIONAL_EDIT, INIT_IMAGE_EDIT, LOCALISED_EDIT, MASKED_EDIT, RUNS, AppConfig,
+                           PipelineCache, Preview, WebApp, check_size, error_message, merge_negative_prompt, seed_of,
+                           stream_pipeline)
 from apps.model_policy import ModelPolicy
 from guidance.errors import InvalidInputError
 from guidance.images import read_recipe
@@ -474,6 +475,16 @@ def test_directional_and_init_image_edits_run(app, tmp_path):
     assert "mask" not in read_recipe(plain[FILES][0])
 
 
+def test_a_directional_edit_in_the_region_found_keeps_the_rest_of_the_photo(app, tmp_path):
+    final = last_outputs(edit(app, photo_editor(tmp_path), edit_method=LOCALISED_EDIT, source="a red circle",
+                              steps=2))
+    recipe = read_recipe(final[FILES][0])
+    assert recipe["mask"] == "auto" and recipe["source_text"] == "a red circle" and "--mask auto" in recipe["command"]
+    assert len(final[FILES]) == 2  # the result and the init image; the mask is found, not uploaded
+    init, result = (np.asarray(Image.open(path).convert("RGB")).astype(int) for path in final[FILES][1::-1])
+    assert 0 < (np.abs(result - init).max(-1) > 1).mean() < 1  # part of the photo changed, not all of it
+
+
 def test_large_photos_are_scaled_to_the_size_limit(app, tmp_path):
     final = last_outputs(edit(app, photo_editor(tmp_path, size=120), edit_method=INIT_IMAGE_EDIT, steps=1,
                               request=session("large")))
@@ -488,6 +499,7 @@ def test_large_photos_are_scaled_to_the_size_limit(app, tmp_path):
     (None, {}, "upload a photo"),
     ({"painted": None}, {}, "paint it with the brush"),
     ({}, {"edit_method": DIRECTIONAL_EDIT}, "needs a source text"),
+    ({}, {"edit_method": LOCALISED_EDIT}, "needs a source text"),
     ({}, {"target": ""}, "the target text is empty"),
     ({"size": 200}, {}, "over the limit of 0.016384 Mpx; downscale it first"),
 ])

@@ -22,8 +22,9 @@ from meaning import CELL, METHODS, QUICK_PROMPTS  # noqa: E402
 # 0 where it measured 0.
 MIN_COLOUR_HIT = {"vqgan_clip": 60, "pixels_clip": 60, "diffusion_sampler": 60, "diffusion_noise": 90,
                   "vqgan_masked": 90, "vqgan_directional": 30, "diffusion_masked": 60, "diffusion_inversion": 30,
-                  "noise_masked": 30, "noise_directional": 30}
-MAX_CHANGE_OUTSIDE_MASK = 8.0  # 0-255 levels: a masked edit leaves the rest as it was
+                  "noise_masked": 30, "noise_directional": 30, "vqgan_localised": 60, "diffusion_localised": 0,
+                  "noise_localised": 30}
+MAX_CHANGE_OUTSIDE_MASK = 8.0  # 0-255 levels: a masked or localised (--mask auto) edit leaves the rest as it was
 
 
 @pytest.mark.slow
@@ -37,7 +38,7 @@ def test_quick_benchmark_judges_every_method_and_writes_its_outputs(tmp_path):
         assert figures["images"] == len(QUICK_PROMPTS) and figures["seconds_per_image"] > 0
         assert figures["colour_hit"] >= MIN_COLOUR_HIT[name], (name, figures)
         assert name in done.stdout
-        if METHODS[name].edit == "masked":
+        if METHODS[name].edit in ("masked", "localised"):
             assert figures["change_outside"] < MAX_CHANGE_OUTSIDE_MASK, (name, figures)
         for row in report["items"][name]:
             assert row["colour_hit"] == (row["found_colour"] == row["colour"])

@@ -110,6 +110,25 @@ def test_l1_term_adds_weighted_mean_absolute_difference(tiny_clip, source, edite
     assert "l1" not in plain.last_losses
 
 
+def spherical_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """2 * arcsin(|a - b| / 2) ** 2 of unit vectors, row-wise."""
+    return 2 * np.arcsin(np.linalg.norm(a - b, axis=-1) / 2) ** 2
+
+
+def test_target_term_adds_the_weighted_spherical_distance_to_the_target_text(tiny_clip, source, edited):
+    plain = DirectionalCLIPLoss(tiny_clip, source, "a cat", "a dog", templates=TEMPLATES)
+    with_target = DirectionalCLIPLoss(tiny_clip, source, "a cat", "a dog", templates=TEMPLATES, target_weight=0.7)
+    with torch.no_grad():
+        target = _unit(tiny_clip.model.encode_text(tiny_clip.tokenizer(["a dog"])).double().numpy())
+    distance = spherical_np(image_embedding_np(tiny_clip, edited), target)
+    difference = (with_target(edited, reduction="none") - plain(edited, reduction="none")).detach().numpy()
+    np.testing.assert_allclose(difference, 0.7 * distance, rtol=1e-4, atol=1e-5)
+    assert with_target.last_losses["target"].item() == pytest.approx(distance.mean(), rel=1e-4, abs=1e-5)
+    assert "target" not in plain.last_losses
+    with pytest.raises(InvalidInputError, match="target_weight"):
+        DirectionalCLIPLoss(tiny_clip, source, "a cat", "a dog", target_weight=-1.0)
+
+
 def test_ensemble_weights_directional_losses(tiny_clip, tiny_clip_b, source, edited):
     def loss(models) -> torch.Tensor:
         return DirectionalCLIPLoss(models, source, "a cat", "a dog", templates=TEMPLATES)(edited)

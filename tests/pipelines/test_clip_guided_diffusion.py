@@ -117,6 +117,28 @@ def test_masked_edit_keeps_the_unmasked_region(pipe, photo, tmp_path):
     assert np.abs(edited[~outside] - source[~outside]).mean() > 5  # the masked region did change
 
 
+def test_directional_edit_with_a_mask_keeps_the_unmasked_region(pipe, photo, tmp_path):
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 8:24] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = pipe("a photo of a dog", steps=10, seed=1, init_image=photo, mask=tmp_path / "mask.png",
+               source_text="a photo of a cat", **FAST)
+    assert {"directional", "target"} <= set(out.history[-1])  # a region also descends the target text's loss
+    source, edited, outside = pixels(Image.open(photo)), pixels(out.images[0]), mask == 0
+    assert np.abs(edited[outside] - source[outside]).max() <= 1
+    assert np.abs(edited[~outside] - source[~outside]).mean() > 5
+
+
+def test_auto_mask_is_recorded_and_refused_without_source_text(pipe, photo):
+    out = pipe("a photo of a dog", steps=4, seed=1, init_image=photo, mask="auto", source_text="a photo of a cat",
+               **FAST)
+    assert out.recipe["mask"] == "auto"
+    with pytest.raises(InvalidInputError, match="--mask auto finds the region to edit from --source-text"):
+        pipe("a dog", steps=4, init_image=photo, mask="auto", **FAST)
+    with pytest.raises(InvalidInputError, match="--mask auto finds the region of one init image, got 2"):
+        pipe("a dog", steps=4, init_image=[photo, photo], mask="auto", source_text="a cat", **FAST)
+
+
 def test_nan_guidance_gradients_are_skipped(pipe, monkeypatch):
     monkeypatch.setattr(CLIPLoss, "forward", lambda self, images, reduction="mean": images.sum() * float("nan"))
     out = pipe("a red circle", size=32, steps=5, seed=0, scheduler="ddpm", **FAST)

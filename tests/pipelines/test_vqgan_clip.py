@@ -103,8 +103,56 @@ def test_masked_edit_keeps_unmasked_pixels(pipe, photo, tmp_path):
 def test_directional_edit_runs_and_stays_near_the_source(pipe, photo):
     out = pipe("a photo of a dog", size=64, steps=5, seed=0, cutn=4, init_image=photo,
                source_text="a photo of a cat", progress=False, save_every=0)
-    assert {"directional", "l1"} <= set(out.history[-1])
+    assert {"directional", "l1"} <= set(out.history[-1]) and "target" not in out.history[-1]
     assert out.recipe["source_text"] == "a photo of a cat" and out.recipe["init_weight"] == 1.0
+
+
+def test_directional_edit_with_a_mask_changes_only_the_mask(pipe, photo, tmp_path):
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = pipe("a photo of a dog", size=64, steps=10, seed=1, lr=0.3, cutn=4, init_image=photo,
+               mask=tmp_path / "mask.png", source_text="a photo of a cat", progress=False, save_every=0)
+    assert {"directional", "target"} <= set(out.history[-1])  # a region also descends the target text's loss
+    source, edited = np.asarray(Image.open(photo).convert("RGB")).astype(int), np.asarray(out.images[0]).astype(int)
+    outside = mask == 0
+    assert np.abs(edited[outside] - source[outside]).max() <= 1
+    assert np.abs(edited[~outside] - source[~outside]).mean() > 2
+
+
+def test_auto_mask_edits_only_the_region_clip_relates_to_the_texts(pipe, photo):
+    from guidance.relevance import relevance_mask
+    from pipelines.common import load_init_images
+
+    out = pipe("a photo of a dog", size=64, steps=10, seed=1, lr=0.3, cutn=4, init_image=photo, mask="auto",
+               source_text="a photo of a cat", progress=False, save_every=0)
+    init = load_init_images(photo, (64, 64), torch.device("cpu"))
+    region = relevance_mask(pipe.clip_models, init, "a photo of a cat", "a photo of a dog")[0, 0].numpy() > 0.5
+    source, edited = np.asarray(Image.open(photo).convert("RGB")).astype(int), np.asarray(out.images[0]).astype(int)
+    assert 0 < region.mean() < 1 and out.recipe["mask"] == "auto"
+    assert np.abs(edited[~region] - source[~region]).max() <= 1
+    assert np.abs(edited[region] - source[region]).mean() > 2
+
+
+def test_cli_auto_mask_edit_records_the_command_that_remakes_it(model_files, photo, tmp_path):
+    first = tmp_path / "first.png"
+    assert main(cli_args(model_files, "a photo of a dog", "--init-image", str(photo), "--mask", "auto",
+                         "--source-text", "a photo of a cat", "--size", "64", "--steps", "3", "--seed", "2",
+                         "-o", str(first))) == 0
+    recipe = read_recipe(first)
+    command = shlex.split(recipe["command"])
+    assert recipe["mask"] == "auto" and command[command.index("--mask") + 1] == "auto"
+    again = tmp_path / "again.png"
+    args = command[3:]
+    args[args.index("-o") + 1] = str(again)
+    assert main(args) == 0
+    assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(again)))
+
+
+def test_auto_mask_without_source_text_is_one_line(pipe, photo):
+    with pytest.raises(InvalidInputError, match="--mask auto finds the region to edit from --source-text") as error:
+        pipe("a dog", size=64, steps=1, init_image=photo, mask="auto", progress=False)
+    assert "\n" not in str(error.value)
 
 
 def test_callback_can_stop_the_run_and_keeps_the_last_image(pipe):
@@ -172,6 +220,7 @@ def test_cli_seed_reproduces_the_recorded_image(model_files, tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["a cat", "--init-image", "NOT_AN_IMAGE"], "cannot read image"),
     (["a cat", "--init-image", "PHOTO", "--mask", "SMALL_MASK"], "mask"),
+    (["a cat", "--init-image", "PHOTO", "--mask", "auto"], "--mask auto finds the region to edit from --source-text"),
     (["", "--size", "32"], "prompt is empty"),
     (["a cat", "--size", "0"], "impossible"),
     (["a cat", "-o", "out.jpg"], "must end in .png"),
