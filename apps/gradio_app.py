@@ -50,13 +50,14 @@ def advanced_settings(tab: str) -> list[gr.components.Component]:
     fields = []
     options = list(ADVANCED_OPTIONS.items())
     with gr.Accordion("Advanced settings", open=False):
-        for row in (options[:3], options[3:]):
+        for row in (options[:3], options[3:6], options[6:]):
             with gr.Row():
                 for option, label in row:
                     settings = {"label": label, "info": option_info(option),
                                 "elem_id": f"{tab}-{option.replace('_', '-')}"}
                     fields.append(gr.Dropdown(list(AUGMENT_PRESETS), value=None, **settings) if option == "augment"
-                                  else gr.Number(None, minimum=0 if option == "lr" else None, **settings))
+                                  else gr.Number(None, minimum=0 if option == "lr" else None,
+                                                 precision=0 if option == "sampler_steps" else None, **settings))
         precision = gr.Radio(list(PRECISIONS), value="fp32", label="Precision", info="bf16/fp16 save GPU memory")
     return [*fields, precision]
 

@@ -42,8 +42,10 @@ MASKED_EDIT, DIRECTIONAL_EDIT, INIT_IMAGE_EDIT = "masked edit", "directional edi
 LOCALISED_EDIT = "directional edit, region found"  # --source-text with --mask auto
 EDIT_METHODS = (MASKED_EDIT, DIRECTIONAL_EDIT, LOCALISED_EDIT, INIT_IMAGE_EDIT)
 # The advanced settings: a pipeline call option each, by its label; empty fields are not sent.
+# Options a method takes when it loads (its spec's `load_options`) load it anew, once per value.
 ADVANCED_OPTIONS = {"lr": "Learning rate", "cut_pow": "Cutout size power", "augment": "Cutout augmentation",
-                    "clip_scale": "CLIP scale", "tv_scale": "TV scale", "range_scale": "Range scale"}
+                    "clip_scale": "CLIP scale", "tv_scale": "TV scale", "range_scale": "Range scale",
+                    "cfg_scale": "CFG scale", "sampler_steps": "Sampler steps", "spectrum_decay": "Spectrum decay"}
 RUNS = "pipeline-runs"  # generate and edit share one concurrency group; RunQueue lets one of them run at a time
 PREVIEWS_PER_RUN = 25  # intermediate images streamed per run; Stop is noticed at the next one
 WAIT_POLL_S = 1.0  # how often a waiting run updates its place in line and notices Stop
@@ -154,9 +156,11 @@ def pipeline_class(spec: PipelineSpec) -> type | None:
 
 
 def option_default(cls: type, option: str) -> Any:
-    """What a pipeline class uses for an option left empty: its call's default, else its `default_<option>`
-    attribute, else its module's `DEFAULT_<OPTION>` (None when it decides by itself)."""
+    """What a pipeline class uses for an option left empty: its call's (or loader's) default, else its
+    `default_<option>` attribute, else its module's `DEFAULT_<OPTION>` (None when it decides by itself)."""
     value = call_defaults(cls.__call__).get(option)
+    if value is None:
+        value = call_defaults(cls.from_pretrained).get(option)
     if value is None:
         value = getattr(cls, f"default_{option}", None)
     if value is None:
@@ -165,12 +169,13 @@ def option_default(cls: type, option: str) -> Any:
 
 
 def methods_taking(option: str) -> dict[str, Any]:
-    """The registered methods whose call takes the option: title -> the default it uses when left empty."""
+    """The registered methods whose call (or loader) takes the option: title -> the default it uses when left
+    empty."""
     taking = {}
     for name in pipeline_names():
         spec = get_pipeline_spec(name)
         cls = pipeline_class(spec)
-        if cls is not None and option in spec.call_options(cls):
+        if cls is not None and (option in spec.call_options(cls) or option in spec.load_options):
             taking[spec.title] = option_default(cls, option)
     return taking
 
@@ -235,15 +240,18 @@ class PipelineCache:
     """Pipelines loaded once, keyed by (pipeline name, model, CLIP models, device); keeps the most recent few."""
 
     def __init__(self, capacity: int = 2,
-                 loader: Callable[[str, str, Sequence[str], torch.device], Pipeline] = load_pipeline):
+                 loader: Callable[..., Pipeline] = load_pipeline):
         self.capacity = capacity
         self.loader = loader
-        self._pipelines: OrderedDict[tuple[str, str, tuple[str, ...], str], Pipeline] = OrderedDict()
+        self._pipelines: OrderedDict[tuple[Any, ...], Pipeline] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, name: str, model: str, clip_models: Sequence[str], device: torch.device) -> Pipeline:
-        """The cached pipeline, or a freshly loaded one (evicting the oldest first, to free its memory)."""
-        key = (name, model, tuple(clip_models), str(device))
+    def get(self, name: str, model: str, clip_models: Sequence[str], device: torch.device,
+            load_options: dict[str, Any] | None = None) -> Pipeline:
+        """The cached pipeline, or a freshly loaded one (evicting the oldest first, to free its memory); options
+        set when it loads are part of its key."""
+        load_options = load_options or {}
+        key = (name, model, tuple(clip_models), str(device), *sorted(load_options.items()))
         with self._lock:
             if key in self._pipelines:
                 self._pipelines.move_to_end(key)
@@ -252,7 +260,7 @@ class PipelineCache:
                 self._pipelines.popitem(last=False)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-            pipeline = self.loader(name, model, clip_models, device)
+            pipeline = self.loader(name, model, clip_models, device, **load_options)
             self._pipelines[key] = pipeline
             return pipeline
 
@@ -340,6 +348,16 @@ class Job:
         return self.spec.call_options(self.pipeline)
 
     @property
+    def load_settings(self) -> dict[str, Any]:
+        """The options set when the pipeline loads."""
+        return {key: value for key, value in self.options.items() if key in self.spec.load_options}
+
+    def call_settings(self, seed: int) -> dict[str, Any]:
+        """The options of one call, with its seed."""
+        return {key: value for key, value in {**self.options, "seed": seed}.items()
+                if key not in self.spec.load_options}
+
+    @property
     def steps_expected(self) -> int:
         """Steps one image takes: all of them, or for diffusion edits the share redone."""
         steps = self.options["steps"]
@@ -375,7 +393,8 @@ class WebApp:
     def generate(self, prompt: str, negative: str, method: str, model: str, clip_models: list[str], size: str,
                  steps: float, cutn: float, num_images: float, seed: float | None, random_seed: bool,
                  lr: float | None, cut_pow: float | None, augment: str | None, clip_scale: float | None,
-                 tv_scale: float | None, range_scale: float | None, precision: str, results: list[str] | None,
+                 tv_scale: float | None, range_scale: float | None, cfg_scale: float | None,
+                 sampler_steps: float | None, spectrum_decay: float | None, precision: str, results: list[str] | None,
                  request: gr.Request | None = None, progress: gr.Progress = gr.Progress()) -> Iterator[Outputs]:
         """Text to image: stream previews, then the results in the gallery and as downloads."""
         def job() -> Job:
@@ -383,7 +402,7 @@ class WebApp:
             options = {"size": check_size(size, self.config.max_size), **self._counts(steps, cutn),
                        "seed": seed_of(seed, random_seed), "lr": lr, "cut_pow": cut_pow, "augment": augment,
                        "clip_scale": clip_scale, "tv_scale": tv_scale, "range_scale": range_scale,
-                       "precision": precision}
+                       **loaded(cfg_scale, sampler_steps, spectrum_decay), "precision": precision}
             built = self._job(method, model, clip_models, text, options)
             built.num_images = check_count(num_images, "images", self.config.max_num_images, "--max-num-images")
             return built
@@ -393,7 +412,8 @@ class WebApp:
     def edit(self, editor: dict[str, Any] | None, mask_file: str | None, target: str, source: str, edit_method: str,
              method: str, model: str, clip_models: list[str], steps: float, cutn: float, edit_strength: float,
              seed: float | None, random_seed: bool, lr: float | None, cut_pow: float | None, augment: str | None,
-             clip_scale: float | None, tv_scale: float | None, range_scale: float | None, precision: str,
+             clip_scale: float | None, tv_scale: float | None, range_scale: float | None, cfg_scale: float | None,
+             sampler_steps: float | None, spectrum_decay: float | None, precision: str,
              results: list[str] | None, request: gr.Request | None = None,
              progress: gr.Progress = gr.Progress()) -> Iterator[Outputs]:
         """Edit an uploaded photo: the painted (or uploaded) mask, a directional edit, or an init-image edit."""
@@ -419,8 +439,9 @@ class WebApp:
                                         "e.g. 'a red circle'")
             options = {**counts, "seed": seed_of(seed, random_seed), "lr": lr, "cut_pow": cut_pow,
                        "augment": augment, "clip_scale": clip_scale, "tv_scale": tv_scale,
-                       "range_scale": range_scale, "precision": precision,
-                       "source_text": source.strip() if directional else None, "init_image": photo,
+                       "range_scale": range_scale, **loaded(cfg_scale, sampler_steps, spectrum_decay),
+                       "precision": precision, "source_text": source.strip() if directional else None,
+                       "init_image": photo,
                        "mask": AUTO_MASK if edit_method == LOCALISED_EDIT else mask}  # images: files once sized
 
             def prepare(built: Job) -> None:
@@ -489,8 +510,8 @@ class WebApp:
 
     def _load(self, job: Job) -> None:
         """Load the job's pipeline (cached); refuse options its call does not take; finish the options."""
-        job.pipeline = self.cache.get(job.spec.name, job.model, job.clip_models, self.device)
-        check_options(job.spec, job.accepted, job.options)
+        job.pipeline = self.cache.get(job.spec.name, job.model, job.clip_models, self.device, job.load_settings)
+        check_options(job.spec, job.accepted | set(job.spec.load_options), job.options)
         if job.prepare is not None:
             job.prepare(job)
 
@@ -546,9 +567,10 @@ class WebApp:
                       seed=job.options["seed"])
         files: list[str] = []
         for index in range(job.num_images):
-            options = {**job.options, "seed": job.options["seed"] + index}
+            options, call = {**job.options, "seed": job.options["seed"] + index}, job.call_settings(
+                job.options["seed"] + index)
             output, done = None, index * per_image
-            for event in stream_pipeline(lambda callback: pipeline(job.prompt, **options, save_every=save_every,
+            for event in stream_pipeline(lambda callback: pipeline(job.prompt, **call, save_every=save_every,
                                                                    callback=callback, progress=False), stop):
                 if isinstance(event, Preview):
                     progress((min(done + event.step, total), total), desc="steps")
@@ -579,6 +601,15 @@ class WebApp:
         path = save_png(output.images[0], job.folder / name, {**output.recipe, "command": command})
         prune_results(self.config.output_dir, self.config.keep_results, self.config.keep_results_mb)
         return path
+
+
+def loaded(cfg_scale: float | None, sampler_steps: float | None, spectrum_decay: float | None) -> dict[str, Any]:
+    """The advanced fields that some methods take when they load (others in their call): the sampler's steps as
+    a count."""
+    steps = sampler_steps
+    if isinstance(steps, float) and math.isfinite(steps) and steps.is_integer():
+        steps = int(steps)
+    return {"cfg_scale": cfg_scale, "sampler_steps": steps, "spectrum_decay": spectrum_decay}
 
 
 def seed_of(seed: float | None, random_seed: bool) -> int:

@@ -57,6 +57,6 @@ def get_pipeline_spec(name: str) -> PipelineSpec:
     return importlib.import_module(PIPELINES[name]).SPEC
 
 
-def load_pipeline(name: str, model: str, clip_models: Sequence[str], device: torch.device) -> Any:
-    """A registered pipeline loaded on the given model and CLIP models."""
-    return get_pipeline_spec(name).load(model, list(clip_models), device)
+def load_pipeline(name: str, model: str, clip_models: Sequence[str], device: torch.device, **load_options: Any) -> Any:
+    """A registered pipeline loaded on the given model and CLIP models (and its `load_options`)."""
+    return get_pipeline_spec(name).load(model, list(clip_models), device, **load_options)

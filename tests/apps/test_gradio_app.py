@@ -3,6 +3,7 @@ stopping, saved recipes."""
 
 from __future__ import annotations
 
+import shlex
 import textwrap
 import threading
 from pathlib import Path
@@ -54,7 +55,8 @@ def generate(app: WebApp, prompt: str = "a red circle", request: Any = None, **o
     args = dict(prompt=prompt, negative="", method=VQGAN_CLIP, model="shapes-tiny", clip_models=["shapes-tiny"],
                 size="64", steps=4, cutn=4, num_images=1, seed=3, random_seed=False, lr=None, cut_pow=None,
                 augment=None,
-                clip_scale=None, tv_scale=None, range_scale=None, precision="fp32", results=[])
+                clip_scale=None, tv_scale=None, range_scale=None, cfg_scale=None, sampler_steps=None,
+                spectrum_decay=None, precision="fp32", results=[])
     return app.generate(**{**args, **overrides}, request=request or session())
 
 
@@ -63,7 +65,8 @@ def edit(app: WebApp, editor: dict[str, Any], request: Any = None, **overrides: 
     args = dict(mask_file=None, target="a blue circle", source="", edit_method=MASKED_EDIT, method=VQGAN_CLIP,
                 model="shapes-tiny", clip_models=["shapes-tiny"], steps=4, cutn=4,
                 edit_strength=0.5, seed=1, random_seed=False, lr=None, cut_pow=None, augment="default",
-                clip_scale=None, tv_scale=None, range_scale=None, precision="fp32", results=[])
+                clip_scale=None, tv_scale=None, range_scale=None, cfg_scale=None, sampler_steps=None,
+                spectrum_decay=None, precision="fp32", results=[])
     return app.edit(editor, **{**args, **overrides}, request=request or session())
 
 
@@ -331,7 +334,8 @@ def test_method_lists_are_the_registry_titles_and_the_model_picker_follows(tmp_p
 
 def test_advanced_fields_start_empty_and_show_the_pipelines_defaults(tmp_path):
     components = page_components(build_app(AppConfig(device="cpu", output_dir=tmp_path)))
-    for option in ("lr", "cut-pow", "augment", "clip-scale", "tv-scale", "range-scale"):
+    for option in ("lr", "cut-pow", "augment", "clip-scale", "tv-scale", "range-scale", "cfg-scale", "sampler-steps",
+                   "spectrum-decay"):
         assert components[f"generate-{option}"].value is None and components[f"edit-{option}"].value is None
     lr = components["generate-lr"].info
     assert f"{VQGANCLIPPipeline.default_lr:g} (VQGAN-CLIP)" in lr
@@ -366,6 +370,21 @@ def test_noise_optimisation_runs_end_to_end_on_the_shipped_models(app):
     assert recipe["command"].startswith("python -m pipelines.noise_optimization 'a red circle' --model shapes-tiny "
                                         "--clip-model shapes-tiny")
     assert Image.open(final[FILES][0]).size == (32, 32)
+
+
+def test_options_set_when_a_method_loads_reach_its_loader_recipe_and_command(app):
+    final = last_outputs(generate(app, "a red circle", method=NOISE, model="shapes-tiny-text", size="32", steps=2,
+                                  cutn=4, sampler_steps=2.0, cfg_scale=2.0))
+    recipe = read_recipe(final[FILES][0])
+    assert recipe["sampler_steps"] == 2 and recipe["cfg_scale"] == 2.0
+    command = shlex.split(recipe["command"])
+    assert command[command.index("--sampler-steps") + 1] == "2" and command[command.index("--cfg-scale") + 1] == "2.0"
+    final = last_outputs(generate(app, "a red circle", method=PIXELS_CLIP, model="fft", size="32", steps=2, cutn=4,
+                                  spectrum_decay=1.5))
+    recipe = read_recipe(final[FILES][0])
+    assert recipe["spectrum_decay"] == 1.5 and "--spectrum-decay 1.5" in recipe["command"]
+    error, _ = error_of(generate(app, spectrum_decay=1.5))
+    assert error == "spectrum decay does not apply to VQGAN-CLIP; clear it or pick Pixels-CLIP"
 
 
 def test_noise_optimisation_masked_edit_keeps_the_unpainted_region(app, tmp_path):

@@ -41,7 +41,7 @@ class SpyLoader:
     def __init__(self) -> None:
         self.calls: list[tuple] = []
 
-    def __call__(self, name, model, clip_models, device):
+    def __call__(self, name, model, clip_models, device, **load_options):
         self.calls.append((name, model, tuple(clip_models)))
         raise InvalidInputError(f"spy: not loading {model}")
 
@@ -49,7 +49,8 @@ class SpyLoader:
 def run_generate(app: WebApp, model: str, clip_models: list[str], method: str = "vqgan_clip") -> str:
     """The one-line error a generate request ends with."""
     handler = app.generate("a red circle", "", method, model, clip_models, "32", 2, 2, 1, 1, False, None, None,
-                           None, None, None, None, "fp32", [], request=SimpleNamespace(session_hash="policy"))
+                           None, None, None, None, None, None, None, "fp32", [],
+                           request=SimpleNamespace(session_hash="policy"))
     with pytest.raises(gr.Error) as caught:
         for _ in handler:
             pass

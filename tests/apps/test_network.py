@@ -118,7 +118,8 @@ def generate_args(**overrides: Any) -> dict[str, Any]:
     return {"prompt": "a red circle", "negative": "", "method": "vqgan_clip", "model": "shapes-tiny",
             "clip_models": ["shapes-tiny"], "size": "32", "steps": 3, "cutn": 2, "num_images": 1, "seed": 1,
             "random_seed": False, "lr": None, "cut_pow": None, "augment": None, "clip_scale": None, "tv_scale": None,
-            "range_scale": None, "precision": "fp32", **overrides}
+            "range_scale": None, "cfg_scale": None, "sampler_steps": None, "spectrum_decay": None, "precision": "fp32",
+            **overrides}
 
 
 def refusal(client: Client, api_name: str, **args: Any) -> str:
@@ -209,7 +210,8 @@ def edit_args(photo: Path) -> dict[str, Any]:
             "mask_file": None, "target": "a blue circle", "source": "", "edit_method": "init-image edit",
             "method": "vqgan_clip", "model": "shapes-tiny", "clip_models": ["shapes-tiny"], "steps": 2, "cutn": 2,
             "edit_strength": 0.5, "seed": 1, "random_seed": False, "lr": None, "cut_pow": None, "augment": None,
-            "clip_scale": None, "tv_scale": None, "range_scale": None, "precision": "fp32"}
+            "clip_scale": None, "tv_scale": None, "range_scale": None, "cfg_scale": None, "sampler_steps": None,
+            "spectrum_decay": None, "precision": "fp32"}
 
 
 def test_a_bomb_and_a_non_image_upload_are_refused_in_one_line(server, tmp_path, png_bomb):

@@ -95,7 +95,7 @@ def request(session: str) -> SimpleNamespace:
 def generate(app: WebApp, session: str, steps: int = 2):
     """A tiny text-to-image request on the shipped models (a generator of outputs)."""
     return app.generate("a red circle", "", "vqgan_clip", "shapes-tiny", ["shapes-tiny"], "32", steps, 2, 1, 1, False,
-                        None, None, None, None, None, None, "fp32", [], request=request(session))
+                        None, None, None, None, None, None, None, None, None, "fp32", [], request=request(session))
 
 
 def until_preview(handler) -> None:
