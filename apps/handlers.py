@@ -402,7 +402,7 @@ class WebApp:
             options = {"size": check_size(size, self.config.max_size), **self._counts(steps, cutn),
                        "seed": seed_of(seed, random_seed), "lr": lr, "cut_pow": cut_pow, "augment": augment,
                        "clip_scale": clip_scale, "tv_scale": tv_scale, "range_scale": range_scale,
-                       **loaded(cfg_scale, sampler_steps, spectrum_decay), "precision": precision}
+                       **load_time_fields(cfg_scale, sampler_steps, spectrum_decay), "precision": precision}
             built = self._job(method, model, clip_models, text, options)
             built.num_images = check_count(num_images, "images", self.config.max_num_images, "--max-num-images")
             return built
@@ -439,7 +439,7 @@ class WebApp:
                                         "e.g. 'a red circle'")
             options = {**counts, "seed": seed_of(seed, random_seed), "lr": lr, "cut_pow": cut_pow,
                        "augment": augment, "clip_scale": clip_scale, "tv_scale": tv_scale,
-                       "range_scale": range_scale, **loaded(cfg_scale, sampler_steps, spectrum_decay),
+                       "range_scale": range_scale, **load_time_fields(cfg_scale, sampler_steps, spectrum_decay),
                        "precision": precision, "source_text": source.strip() if directional else None,
                        "init_image": photo,
                        "mask": AUTO_MASK if edit_method == LOCALISED_EDIT else mask}  # images: files once sized
@@ -567,8 +567,8 @@ class WebApp:
                       seed=job.options["seed"])
         files: list[str] = []
         for index in range(job.num_images):
-            options, call = {**job.options, "seed": job.options["seed"] + index}, job.call_settings(
-                job.options["seed"] + index)
+            seed = job.options["seed"] + index
+            options, call = {**job.options, "seed": seed}, job.call_settings(seed)
             output, done = None, index * per_image
             for event in stream_pipeline(lambda callback: pipeline(job.prompt, **call, save_every=save_every,
                                                                    callback=callback, progress=False), stop):
@@ -603,7 +603,8 @@ class WebApp:
         return path
 
 
-def loaded(cfg_scale: float | None, sampler_steps: float | None, spectrum_decay: float | None) -> dict[str, Any]:
+def load_time_fields(cfg_scale: float | None, sampler_steps: float | None,
+                     spectrum_decay: float | None) -> dict[str, Any]:
     """The advanced fields that some methods take when they load (others in their call): the sampler's steps as
     a count."""
     steps = sampler_steps
