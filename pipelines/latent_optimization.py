@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import math
 import sys
 import time
 from functools import partial, wraps
@@ -25,6 +26,7 @@ from pipelines.parsers import (MAX_CANDIDATES, MAX_CUTN_BATCHES, MAX_IMAGES, OPT
 if __name__ == "__main__":  # parse first: --help and usage errors answer before the heavy imports below
     latent_parser("pipelines.latent_optimization", "LatentOptimizationPipeline", generator_arguments).parse_args()
 
+import kornia
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -50,6 +52,8 @@ OPTIMIZERS = dict(zip(OPTIMIZER_NAMES, (torch.optim.Adam, torch.optim.AdamW, tor
                                          partial(torch.optim.SGD, momentum=0.9, nesterov=True)),  # ReNO's optimiser
                       strict=True))
 CANDIDATE_CHUNK = 8  # candidate latents decoded and scored at once
+HUE_TURNS = 7  # a masked edit's recoloured starts: its region's hue turned by k/8 of the wheel, k = 1..7
+REGION_CANDIDATES = 32  # a masked edit's starts by default (measured on bench/meaning.py: docs/shapes_models.md)
 
 
 def backward_over_cutout_batches(loss: Callable[..., torch.Tensor], images: torch.Tensor, batches: int,
@@ -103,6 +107,15 @@ def best_candidates(latents: torch.Tensor, count: int, losses: Callable[[torch.T
         scores = torch.cat([losses(part).float() for part in latents.split(chunk)])
     best = scores.view(-1, count).argmin(dim=0)  # (count,): the winning candidate row of each image
     return latents[best * count + torch.arange(count, device=latents.device)]
+
+
+def recoloured(image: torch.Tensor, mask: torch.Tensor, turns: int) -> torch.Tensor:
+    """`image` (1, 3, H, W) with the region where `mask` is 1 turned round the hue wheel by k / (turns + 1) of a
+    circle, k = 1..turns: (turns, 3, H, W), the rest as it was."""
+    fractions = torch.arange(1, turns + 1, device=image.device, dtype=image.dtype) / (turns + 1)
+    angles = torch.remainder(2 * math.pi * fractions + math.pi, 2 * math.pi) - math.pi  # kornia takes [-pi, pi]
+    turned = kornia.enhance.adjust_hue(image.expand(turns, -1, -1, -1), angles)
+    return turned * mask + image * (1 - mask)
 
 
 class LatentOptimizationPipeline:
@@ -162,7 +175,7 @@ class LatentOptimizationPipeline:
                  mask: str | Path | torch.Tensor | None = None, source_text: str | None = None,
                  num_images: int = 1, keep_best: int | None = None, judge_model: str | None = None,
                  cutn_batches: int = 1, grad_clip: float | None = None, best_step: bool = False,
-                 candidates: int = 1, contrast: float = 0.0, precision: str = "auto", compile: bool = False,
+                 candidates: int | None = None, contrast: float = 0.0, precision: str = "auto", compile: bool = False,
                  save_every: int = 50, callback: StepCallback | None = None, progress: bool = True) -> PipelineOutput:
         """Generate (or edit) `num_images` images together; returns them with the history. Ctrl-C ends early and
         keeps the last images.
@@ -172,10 +185,12 @@ class LatentOptimizationPipeline:
         the guiding models) and returns the best K, best first. `cutn_batches` M averages the CLIP loss over M batches
         of `cutn` cutouts, backpropagated one batch at a time (memory of one batch). `grad_clip` clips each image's
         latent gradient norm; `best_step` returns each image at its lowest loss, not the last. `candidates` N draws N
-        random latents per image and starts from the one whose image the CLIP loss likes best. `contrast` w subtracts w
-        times the distance to the empty text from the CLIP loss (guidance.CLIPLoss). `precision` 'auto'
-        is bf16 on CUDA GPUs that support it, else fp32; `compile` runs the decode and the loss through
-        torch.compile. The generator's `latent_penalty` joins the loss."""
+        random latents per image and starts from the one whose image the CLIP loss likes best; an edit inside a
+        `mask` draws the region as it is, recoloured through up to HUE_TURNS hues, then random latents (a
+        directional edit without a mask starts from the source alone); None is REGION_CANDIDATES for an edit inside
+        a mask, else 1. `contrast` w subtracts w times the distance to the empty text from the CLIP loss
+        (guidance.CLIPLoss). `precision` 'auto' is bf16 on CUDA GPUs that support it, else fp32; `compile` runs the
+        decode and the loss through torch.compile. The generator's `latent_penalty` joins the loss."""
         # 1. Check the settings, before any work.
         self.prepare(prompt)
         precision = resolve_precision(precision, self.device)
@@ -184,6 +199,8 @@ class LatentOptimizationPipeline:
                                         mask, source_text, image_prompts, save_every)
         check_count("--num-images", num_images, 1, MAX_IMAGES)
         check_count("--cutn-batches", cutn_batches, 1, MAX_CUTN_BATCHES)
+        if candidates is None:
+            candidates = REGION_CANDIDATES if mask is not None else 1
         check_count("--candidates", candidates, 1, MAX_CANDIDATES)
         if grad_clip is not None:
             check_number("--grad-clip", grad_clip, above=0)
@@ -218,17 +235,24 @@ class LatentOptimizationPipeline:
         decode: Any = self.generator
         if compile:
             decode, clip_loss = self._compiled_generator(), torch.compile(clip_loss)
-        # 3. Prepare the latents: N random ones, or N copies of the init image's (N variations of one edit).
+        # 3. Prepare the latents: N random ones, or N copies of the init image's (N variations of one edit); with
+        #    `candidates`, each starts from the best of that many (a masked edit's: recoloured regions, then random).
+        def render(latent: torch.Tensor) -> torch.Tensor:
+            images = decode(latent).float()
+            return images if mask_tensor is None else images * mask_tensor + init * (1 - mask_tensor)
+
         with torch.no_grad():
-            if init is not None:
-                z_init = self.generator.encode(init)
-                z_init = z_init.expand(num_images, *z_init.shape[1:]).clone()
-            else:
+            z_source = None
+            if init is None:
                 z_init = self.generator.random_latent(num_images * candidates, height, width, generator)
-                if candidates > 1:
-                    with autocast(self.device, precision):
-                        z_init = best_candidates(z_init, num_images, lambda z: clip_loss(decode(z).float(),
-                                                                                         reduction="none"))
+            else:
+                z_source = self.generator.encode(init)
+                z_source = z_init = z_source.expand(num_images, *z_source.shape[1:]).clone()
+                if mask_tensor is not None and candidates > 1:
+                    z_init = self._region_starts(z_source, init, mask_tensor, candidates, (height, width), generator)
+            if z_init.shape[0] > num_images:
+                with autocast(self.device, precision):
+                    z_init = best_candidates(z_init, num_images, lambda z: clip_loss(render(z), reduction="none"))
         z = z_init.clone().requires_grad_(True)
         opt = OPTIMIZERS[optimizer]([z], lr=lr)
         recipe = clean_recipe({
@@ -241,20 +265,16 @@ class LatentOptimizationPipeline:
             "init_weight": fidelity if init is not None else None,
             "mask": str(mask) if isinstance(mask, (str, Path)) else None, "source_text": source_text,
             "grad_clip": grad_clip, "best_step": best_step or None, "keep_best": keep_best,
-            "candidates": candidates if candidates > 1 and init is None else None,
+            "candidates": candidates if candidates > 1 and (init is None or mask_tensor is not None) else None,
             "contrast": contrast if contrast and not source_text else None,
             "precision": precision, "compile": compile or None, "device": str(self.device), **self.generator_recipe(),
         })
 
-        def render(latent: torch.Tensor) -> torch.Tensor:
-            images = decode(latent).float()
-            return images if mask_tensor is None else images * mask_tensor + init * (1 - mask_tensor)
-
         def own_losses(latent: torch.Tensor) -> torch.Tensor:
             """Each image's latent terms: the generator's penalty and the fidelity to the init latent, shape (N,)."""
             terms = torch.stack([self.generator.latent_penalty(latent[k:k + 1]) for k in range(num_images)]).float()
-            if fidelity and init is not None and not source_text:
-                terms = terms + fidelity * (latent - z_init).float().pow(2).flatten(1).mean(1)
+            if fidelity and z_source is not None and not source_text:
+                terms = terms + fidelity * (latent - z_source).float().pow(2).flatten(1).mean(1)
             return terms
 
         # 4. Optimise.
@@ -315,6 +335,16 @@ class LatentOptimizationPipeline:
         return PipelineOutput([tensor_to_pil(final[k:k + 1]) for k in order], history,
                               frames + [frame_of(final[order[0]:order[0] + 1])], recipe, interrupted,
                               [own[k] for k in order] if num_images > 1 else [])
+
+    def _region_starts(self, z_init: torch.Tensor, init: torch.Tensor, mask: torch.Tensor, candidates: int,
+                       size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+        """A masked edit's `candidates` starts for each of the N images of `z_init` (image k's at rows k, k + N, ...):
+        the region as it is, recoloured through up to HUE_TURNS hues, then random latents."""
+        count, turns = z_init.shape[0], min(HUE_TURNS, candidates - 1)
+        starts = [z_init, self.generator.encode(recoloured(init, mask, turns)).repeat_interleave(count, dim=0)]
+        if candidates - 1 - turns:
+            starts.append(self.generator.random_latent(count * (candidates - 1 - turns), *size, generator))
+        return torch.cat(starts)
 
     def _compiled_generator(self) -> Any:
         """The generator's decode through torch.compile, compiled once per pipeline."""

@@ -88,7 +88,9 @@ def add_start_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any
     """--candidates and --contrast: a latent loop's best-of-N start and its CLIP loss's contrast to the empty text."""
     parser.add_argument("--candidates", type=int, default=defaults["candidates"],
                         help=f"{scope}draw this many random starts per image and begin from the one CLIP likes best, "
-                             f"1 to {MAX_CANDIDATES}")
+                             f"1 to {MAX_CANDIDATES}; an edit inside a --mask draws its region as it is, recoloured "
+                             "through 7 hues, then random ones"
+                             + ("" if defaults["candidates"] else " (default: 32 for an edit inside a --mask, else 1)"))
     parser.add_argument("--contrast", type=float, default=defaults["contrast"],
                         help=f"{scope}subtract this times the CLIP distance to the empty text, so that blanks and "
                              "plain fields stop scoring well (0: off)")
