@@ -53,7 +53,7 @@ OPTIMIZERS = dict(zip(OPTIMIZER_NAMES, (torch.optim.Adam, torch.optim.AdamW, tor
                       strict=True))
 CANDIDATE_CHUNK = 8  # candidate latents decoded and scored at once
 HUE_TURNS = 7  # a masked edit's recoloured starts: its region's hue turned by k/8 of the wheel, k = 1..7
-REGION_CANDIDATES = 32  # a masked edit's starts by default (measured on bench/meaning.py: docs/shapes_models.md)
+REGION_CANDIDATES = 1 + HUE_TURNS  # a masked edit's starts by default: as it is and recoloured (docs/shapes_models.md)
 
 
 def backward_over_cutout_batches(loss: Callable[..., torch.Tensor], images: torch.Tensor, batches: int,

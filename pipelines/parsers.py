@@ -90,7 +90,7 @@ def add_start_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any
                         help=f"{scope}draw this many random starts per image and begin from the one CLIP likes best, "
                              f"1 to {MAX_CANDIDATES}; an edit inside a --mask draws its region as it is, recoloured "
                              "through 7 hues, then random ones"
-                             + ("" if defaults["candidates"] else " (default: 32 for an edit inside a --mask, else 1)"))
+                             + ("" if defaults["candidates"] else " (default: 8 for an edit inside a --mask, else 1)"))
     parser.add_argument("--contrast", type=float, default=defaults["contrast"],
                         help=f"{scope}subtract this times the CLIP distance to the empty text, so that blanks and "
                              "plain fields stop scoring well (0: off)")
