@@ -20,8 +20,8 @@ from functools import partial, wraps
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
-from pipelines.parsers import (MAX_CANDIDATES, MAX_CUTN_BATCHES, MAX_IMAGES, OPTIMIZER_NAMES, generator_arguments,
-                               latent_parser)
+from pipelines.parsers import (HUE_TURNS, MAX_CANDIDATES, MAX_CUTN_BATCHES, MAX_IMAGES, OPTIMIZER_NAMES,
+                               REGION_CANDIDATES, generator_arguments, latent_parser)
 
 if __name__ == "__main__":  # parse first: --help and usage errors answer before the heavy imports below
     latent_parser("pipelines.latent_optimization", "LatentOptimizationPipeline", generator_arguments).parse_args()
@@ -52,8 +52,6 @@ OPTIMIZERS = dict(zip(OPTIMIZER_NAMES, (torch.optim.Adam, torch.optim.AdamW, tor
                                          partial(torch.optim.SGD, momentum=0.9, nesterov=True)),  # ReNO's optimiser
                       strict=True))
 CANDIDATE_CHUNK = 8  # candidate latents decoded and scored at once
-HUE_TURNS = 7  # a masked edit's recoloured starts: its region's hue turned by k/8 of the wheel, k = 1..7
-REGION_CANDIDATES = 1 + HUE_TURNS  # a masked edit's starts by default: as it is and recoloured (docs/shapes_models.md)
 
 
 def backward_over_cutout_batches(loss: Callable[..., torch.Tensor], images: torch.Tensor, batches: int,

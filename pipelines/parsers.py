@@ -25,6 +25,8 @@ OPTIMIZER_NAMES = ("adam", "adamw", "radam", "sgd", "nesterov")  # pipelines.lat
 MAX_IMAGES = 64  # images made together in one run (--num-images)
 MAX_CUTN_BATCHES = 64  # cutout batches per step (--cutn-batches)
 MAX_CANDIDATES = 256  # random starting latents tried per image (--candidates)
+HUE_TURNS = 7  # a masked edit's recoloured starts: its region's hue turned by k/8 of the wheel, k = 1..7
+REGION_CANDIDATES = 1 + HUE_TURNS  # a masked edit's starts by default: as it is and recoloured (docs/shapes_models.md)
 DEFAULT_VQGAN = "vqgan_imagenet_f16_16384"
 # CLIP-guided diffusion (pipelines.clip_guided_diffusion)
 DEFAULT_MODEL = "google/ddpm-celebahq-256"
@@ -89,8 +91,9 @@ def add_start_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any
     parser.add_argument("--candidates", type=int, default=defaults["candidates"],
                         help=f"{scope}draw this many random starts per image and begin from the one CLIP likes best, "
                              f"1 to {MAX_CANDIDATES}; an edit inside a --mask draws its region as it is, recoloured "
-                             "through 7 hues, then random ones"
-                             + ("" if defaults["candidates"] else " (default: 8 for an edit inside a --mask, else 1)"))
+                             f"through {HUE_TURNS} hues, then random ones"
+                             + ("" if defaults["candidates"] else
+                                f" (default: {REGION_CANDIDATES} for an edit inside a --mask, else 1)"))
     parser.add_argument("--contrast", type=float, default=defaults["contrast"],
                         help=f"{scope}subtract this times the CLIP distance to the empty text, so that blanks and "
                              "plain fields stop scoring well (0: off)")
