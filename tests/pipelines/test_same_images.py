@@ -12,7 +12,9 @@ backward guidance by default: before, those edits kept the source's colour (0% t
 benchmark); the red circle now turns blue in diffusion-invert. The three vqgan-*.png were recorded again when the
 latent-optimisation pipelines' default augmentation became 'geometric' (the field's set without its colour
 jitter, chosen by bench/meaning.py); called with augment='default', the pipeline still gives the previous PNGs
-bit for bit."""
+bit for bit. vqgan-masked.png was recorded again when an edit inside a mask began to start from the best of 8
+starts (the region as it is and recoloured through 7 hues); called with candidates=1, the pipeline still gives
+the previous PNG bit for bit."""
 
 from __future__ import annotations
 
