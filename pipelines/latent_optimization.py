@@ -334,12 +334,12 @@ class LatentOptimizationPipeline:
                               frames + [frame_of(final[order[0]:order[0] + 1])], recipe, interrupted,
                               [own[k] for k in order] if num_images > 1 else [])
 
-    def _region_starts(self, z_init: torch.Tensor, init: torch.Tensor, mask: torch.Tensor, candidates: int,
+    def _region_starts(self, z_source: torch.Tensor, init: torch.Tensor, mask: torch.Tensor, candidates: int,
                        size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
-        """A masked edit's `candidates` starts for each of the N images of `z_init` (image k's at rows k, k + N, ...):
-        the region as it is, recoloured through up to HUE_TURNS hues, then random latents."""
-        count, turns = z_init.shape[0], min(HUE_TURNS, candidates - 1)
-        starts = [z_init, self.generator.encode(recoloured(init, mask, turns)).repeat_interleave(count, dim=0)]
+        """A masked edit's `candidates` starts for each of the N images of `z_source`, the init's latent (image k's
+        at rows k, k + N, ...): the region as it is, recoloured through up to HUE_TURNS hues, then random latents."""
+        count, turns = z_source.shape[0], min(HUE_TURNS, candidates - 1)
+        starts = [z_source, self.generator.encode(recoloured(init, mask, turns)).repeat_interleave(count, dim=0)]
         if candidates - 1 - turns:
             starts.append(self.generator.random_latent(count * (candidates - 1 - turns), *size, generator))
         return torch.cat(starts)
