@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from pipelines.parsers import (DEFAULT_BACKWARD_LR, DEFAULT_CLIP_SCALE, DEFAULT_EDIT_BACKWARD_STEPS,
-                               DEFAULT_MODEL, MAX_IMAGES, MAX_INVERSION_REFINE, METHODS)
+                               DEFAULT_MODEL, MAX_IMAGES, MAX_INVERSION_REFINE, METHODS,
+                               SAMPLER_REGION_CANDIDATES)
 from pipelines.parsers import clip_guided_diffusion_parser as build_parser
 
 if __name__ == "__main__":  # parse first: --help and usage errors answer before the heavy imports below
@@ -54,6 +55,7 @@ from pipelines.common import (DEFAULT_CLIP, REGION_TARGET_WEIGHT, InitImages, Pi
 from pipelines.noise_optimization import NoiseOptimizationPipeline
 from pipelines.ranking import ranking_for
 from pipelines.registry import PipelineSpec
+from pipelines.starts import best_candidates, region_recolourings
 
 if TYPE_CHECKING:
     from pipelines.diffusionclip import FinetuneOutput
@@ -273,13 +275,15 @@ class CLIPGuidedDiffusionPipeline:
                  mask: str | Path | torch.Tensor | None = None, source_text: str | None = None,
                  inversion_steps: int | None = None, inversion_refine: int = 0, precision: str = "auto",
                  num_images: int = 1, keep_best: int | None = None, judge_model: str | None = None,
-                 save_every: int = 50, callback: StepCallback | None = None,
+                 candidates: int | None = None, save_every: int = 50, callback: StepCallback | None = None,
                  progress: bool = True) -> PipelineOutput:
         """Generate (or edit) images; returns them with the history. Ctrl-C ends early and keeps the last estimate.
 
         `num_images` images are sampled together as one batch from the seed's noise (generation only); `keep_best`
         K returns the K of highest CLIP score against the prompt, best first (`judge_model`, default: the guiding
-        models, which is optimistic)."""
+        models, which is optimistic). An edit inside a `mask` starts from the best, by CLIP loss, of `candidates`
+        starts: its region as it is, then recoloured (pipelines.starts; None: all, SAMPLER_REGION_CANDIDATES; 1: as
+        it is)."""
         # 1. Check inputs: settle the plan and the guidance before any work, then seed the run.
         check_precision(precision, self.device)
         prompt, source_text, edit_strength = self._finetuned_edit(prompt, init_image, mask, source_text, skip_steps,
@@ -297,6 +301,7 @@ class CLIPGuidedDiffusionPipeline:
         check_cutouts(cutn, cut_pow)
         check_count("--save-every", save_every, 0, MAX_STEPS)
         check_count("--num-images", num_images, 1, MAX_IMAGES)
+        candidates = self._candidates(candidates, mask)
         if num_images > 1 and init_image is not None:
             raise InvalidInputError("--num-images samples several images from noise; an edit makes one per "
                                     "--init-image")
@@ -317,17 +322,19 @@ class CLIPGuidedDiffusionPipeline:
         run = Run(plan, size, sampler, timesteps, generator, precision, init, mask_tensor, batch)
         started = time.perf_counter()
         with explain_out_of_memory(*self._memory_hint(size, cutn)):
+            loss_fn = self._loss_fn(run, cutouts, guidance)
+            candidates = candidates if loss_fn else 1  # unguided, nothing scores the starts
             with torch.no_grad(), autocast(self.device, precision):
                 run.x_init = self.model.from_image(init) if init is not None else None
-                x, condition = self._start_sample(run)
+                start = self._region_start(run, loss_fn, candidates) if candidates > 1 else run.x_init
+                x, condition = self._start_sample(run, start)
 
             # 3. Denoise, guided by the CLIP loss of each step's estimate.
-            loss_fn = self._loss_fn(run, cutouts, guidance)
             denoised = self._denoise(run, x, condition, loss_fn, guidance, save_every, callback, progress)
 
             # 4. Decode the final sample (masked edits composited onto the init) and record the run.
             final = self._decode(run, denoised.sample)
-        recipe = self._recipe(prompt, run, seed, guidance, cutouts, init_image, mask)
+        recipe = self._recipe(prompt, run, seed, guidance, cutouts, init_image, mask, candidates)
         recipe.update(steps_done=denoised.steps_done, interrupted=denoised.interrupted,
                       seconds=round(time.perf_counter() - started, 2))
         own = [{"num_images": num_images, "index": k, "seed": seed} for k in range(1, final.shape[0] + 1)]
@@ -449,18 +456,37 @@ class CLIPGuidedDiffusionPipeline:
         return ddim_invert(self.inversion_model, x, inversion_timesteps(timesteps, plan.inversion_steps),
                            self.model.condition(plan.source_text), final_alpha(sampler), plan.inversion_refine)
 
-    def _start_sample(self, run: Run) -> tuple[torch.Tensor, Any]:
-        """The first sample of the run and the UNet's condition while generating."""
+    def _region_start(self, run: Run, loss_fn: GuidanceLoss, candidates: int) -> torch.Tensor:
+        """A masked edit's start, as samples: of its init images as they are and `candidates` - 1 recolourings of
+        their region, the one whose image has the lowest CLIP loss, per image."""
+        pool = torch.cat([run.init, region_recolourings(run.init, run.mask, candidates - 1)])
+        best = best_candidates(pool, run.batch, lambda images: loss_fn.clip_loss(images, reduction="none"))
+        return self.model.from_image(best)
+
+    def _start_sample(self, run: Run, start: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
+        """The first sample of the run, from noise or from `start` (samples of the images the edit starts from),
+        and the UNet's condition while generating."""
         plan = run.plan
         if plan.mode == "directional":
-            return self.invert(run.x_init, plan, run.sampler, run.timesteps), self.model.condition(plan.target)
+            return self.invert(start, plan, run.sampler, run.timesteps), self.model.condition(plan.target)
         positive = ", ".join(p.text for p in plan.prompts if p.weight > 0)
         negative = ", ".join(p.text for p in plan.prompts if p.weight < 0)
         condition = self.model.condition(positive, negative, plan.cfg_scale)
         noise = torch.randn((run.batch, *self.model.sample_shape(*run.size)), generator=run.generator, device=self.device)
-        if run.x_init is None:
+        if start is None:
             return noise, condition
-        return self.model.add_noise(run.x_init, noise, run.timesteps[0]), condition
+        return self.model.add_noise(start, noise, run.timesteps[0]), condition
+
+    @staticmethod
+    def _candidates(candidates: int | None, mask: Any) -> int:
+        """The starts a masked edit draws (SAMPLER_REGION_CANDIDATES when not given); other runs start from one."""
+        if candidates is None:
+            return SAMPLER_REGION_CANDIDATES if mask is not None else 1
+        if candidates != 1 and mask is None:
+            raise InvalidInputError("--candidates with --method sampler applies to edits inside a --mask; "
+                                    "drop it, or use --method noise")
+        check_count("--candidates", candidates, 1, SAMPLER_REGION_CANDIDATES)
+        return candidates
 
     def _check_memory(self, size: tuple[int, int], cutn: int, batch: int) -> None:
         """Refuse a run whose estimated memory exceeds what the device has free (guidance.memory)."""
@@ -568,7 +594,7 @@ class CLIPGuidedDiffusionPipeline:
         return images if run.mask is None else images * run.mask + run.init * (1 - run.mask)
 
     def _recipe(self, prompt: str, run: Run, seed: int, guidance: GuidanceSettings, cutouts: MakeCutouts,
-                init_image: InitImages | None, mask: Any) -> dict[str, Any]:
+                init_image: InitImages | None, mask: Any, candidates: int) -> dict[str, Any]:
         """The settings that reproduce the run, for the PNGs."""
         plan, (width, height), directional = run.plan, run.size, run.plan.mode == "directional"
         return clean_recipe({
@@ -583,6 +609,7 @@ class CLIPGuidedDiffusionPipeline:
             "mask": str(mask) if isinstance(mask, (str, Path)) else None, "source_text": plan.source_text,
             "inversion_steps": (plan.inversion_steps or len(run.timesteps)) if directional else None,
             "inversion_refine": plan.inversion_refine if directional else None,
+            "candidates": candidates if run.mask is not None else None,
             "finetuned_from": self.model.info.get("finetuned_from"), "precision": run.precision,
             "device": str(self.device),
         })
@@ -646,6 +673,7 @@ def main(argv: list[str]) -> int:
     if args.save_model:
         check_folder(args.save_model, "--save-model folder")
     seed = resolve_seed(args.seed)
+    candidates = parser.parse_args(argv, argparse.Namespace(candidates=None)).candidates  # None unless given
     pipe = CLIPGuidedDiffusionPipeline.from_pretrained(args.model, args.clip_model, args.device)
     command = command_line("pipelines.clip_guided_diffusion",
                            [*argv, *([] if args.seed is not None else ["--seed", str(seed)])])
@@ -667,8 +695,8 @@ def main(argv: list[str]) -> int:
                   init_image=args.init_image, init_weight=args.init_weight, mask=args.mask,
                   source_text=args.source_text, inversion_steps=args.inversion_steps,
                   inversion_refine=args.inversion_refine, precision=args.precision, num_images=args.num_images,
-                  keep_best=args.keep_best, judge_model=args.judge_model, save_every=args.save_every,
-                  callback=save_progress)
+                  keep_best=args.keep_best, judge_model=args.judge_model, candidates=candidates,
+                  save_every=args.save_every, callback=save_progress)
     own = [{"init_image": path} for path in args.init_image] if args.init_image else ()
     return finish_cli(result, paths, command, args.video, own, running)
 
@@ -680,7 +708,7 @@ SAMPLER_ONLY = ("scheduler", "eta", "skip_steps", "edit_strength", "clip_scale",
                 "clamp_grad", "guide_from", "guide_until", "guide_every", "guidance_schedule", "recurrence",
                 "recurrence_range", "backward_steps", "backward_lr", "inversion_steps", "inversion_refine",
                 "finetune_steps", "save_model")
-NOISE_ONLY = ("iterations", "candidates", "contrast")  # options of noise optimisation that the sampler does not use
+NOISE_ONLY = ("iterations", "contrast")  # options of noise optimisation that the sampler does not use
 
 
 def default_method(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:

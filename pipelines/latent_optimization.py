@@ -13,20 +13,18 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import math
 import sys
 import time
 from functools import partial, wraps
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
-from pipelines.parsers import (HUE_TURNS, MAX_CANDIDATES, MAX_CUTN_BATCHES, MAX_IMAGES, OPTIMIZER_NAMES,
-                               REGION_CANDIDATES, generator_arguments, latent_parser)
+from pipelines.parsers import (MAX_CANDIDATES, MAX_CUTN_BATCHES, MAX_IMAGES, OPTIMIZER_NAMES,
+                               RECOLOURINGS, REGION_CANDIDATES, generator_arguments, latent_parser)
 
 if __name__ == "__main__":  # parse first: --help and usage errors answer before the heavy imports below
     latent_parser("pipelines.latent_optimization", "LatentOptimizationPipeline", generator_arguments).parse_args()
 
-import kornia
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -47,11 +45,11 @@ from pipelines.common import (DEFAULT_CLIP, REGION_TARGET_WEIGHT, PipelineOutput
                               check_cutouts, clean_recipe, command_line, directional_target, edit_mode, finish_cli,
                               frame_of, load_edit_inputs, parse_size, round_size, run_cli, save_partial)
 from pipelines.ranking import ranking_for
+from pipelines.starts import best_candidates, region_recolourings
 
 OPTIMIZERS = dict(zip(OPTIMIZER_NAMES, (torch.optim.Adam, torch.optim.AdamW, torch.optim.RAdam, torch.optim.SGD,
                                          partial(torch.optim.SGD, momentum=0.9, nesterov=True)),  # ReNO's optimiser
                       strict=True))
-CANDIDATE_CHUNK = 8  # candidate latents decoded and scored at once
 
 
 def backward_over_cutout_batches(loss: Callable[..., torch.Tensor], images: torch.Tensor, batches: int,
@@ -95,25 +93,6 @@ def with_call_settings(call: Callable[..., PipelineOutput], settings: dict[str, 
     with_settings.__signature__ = signature.replace(  # type: ignore[attr-defined]
         parameters=[p.replace(default=settings.get(p.name, p.default)) for p in signature.parameters.values()])
     return with_settings
-
-
-def best_candidates(latents: torch.Tensor, count: int, losses: Callable[[torch.Tensor], torch.Tensor],
-                    chunk: int = CANDIDATE_CHUNK) -> torch.Tensor:
-    """Of `latents` (N * count of them, image k's candidates at k, k + count, ...), the `count` whose losses (one
-    per latent, computed `chunk` latents at a time without gradients) are lowest, one per image."""
-    with torch.no_grad():
-        scores = torch.cat([losses(part).float() for part in latents.split(chunk)])
-    best = scores.view(-1, count).argmin(dim=0)  # (count,): the winning candidate row of each image
-    return latents[best * count + torch.arange(count, device=latents.device)]
-
-
-def recoloured(image: torch.Tensor, mask: torch.Tensor, turns: int) -> torch.Tensor:
-    """`image` (1, 3, H, W) with the region where `mask` is 1 turned round the hue wheel by k / (turns + 1) of a
-    circle, k = 1..turns: (turns, 3, H, W), the rest as it was."""
-    fractions = torch.arange(1, turns + 1, device=image.device, dtype=image.dtype) / (turns + 1)
-    angles = torch.remainder(2 * math.pi * fractions + math.pi, 2 * math.pi) - math.pi  # kornia takes [-pi, pi]
-    turned = kornia.enhance.adjust_hue(image.expand(turns, -1, -1, -1), angles)
-    return turned * mask + image * (1 - mask)
 
 
 class LatentOptimizationPipeline:
@@ -184,7 +163,7 @@ class LatentOptimizationPipeline:
         of `cutn` cutouts, backpropagated one batch at a time (memory of one batch). `grad_clip` clips each image's
         latent gradient norm; `best_step` returns each image at its lowest loss, not the last. `candidates` N draws N
         random latents per image and starts from the one whose image the CLIP loss likes best; an edit inside a
-        `mask` draws the region as it is, recoloured through up to HUE_TURNS hues, then random latents (a
+        `mask` draws the region as it is, then its RECOLOURINGS (pipelines.starts), then random latents (a
         directional edit without a mask starts from the source alone); None is REGION_CANDIDATES for an edit inside
         a mask, else 1. `contrast` w subtracts w times the distance to the empty text from the CLIP loss
         (guidance.CLIPLoss). `precision` 'auto' is bf16 on CUDA GPUs that support it, else fp32; `compile` runs the
@@ -337,11 +316,12 @@ class LatentOptimizationPipeline:
     def _region_starts(self, z_source: torch.Tensor, init: torch.Tensor, mask: torch.Tensor, candidates: int,
                        size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
         """A masked edit's `candidates` starts for each of the N images of `z_source`, the init's latent (image k's
-        at rows k, k + N, ...): the region as it is, recoloured through up to HUE_TURNS hues, then random latents."""
-        count, turns = z_source.shape[0], min(HUE_TURNS, candidates - 1)
-        starts = [z_source, self.generator.encode(recoloured(init, mask, turns)).repeat_interleave(count, dim=0)]
-        if candidates - 1 - turns:
-            starts.append(self.generator.random_latent(count * (candidates - 1 - turns), *size, generator))
+        at rows k, k + N, ...): the region as it is, then up to RECOLOURINGS recolourings, then random latents."""
+        count, recolourings = z_source.shape[0], min(RECOLOURINGS, candidates - 1)
+        turned = self.generator.encode(region_recolourings(init, mask, recolourings))
+        starts = [z_source, turned.repeat_interleave(count, dim=0)]
+        if candidates - 1 - recolourings:
+            starts.append(self.generator.random_latent(count * (candidates - 1 - recolourings), *size, generator))
         return torch.cat(starts)
 
     def _compiled_generator(self) -> Any:

@@ -26,7 +26,9 @@ MAX_IMAGES = 64  # images made together in one run (--num-images)
 MAX_CUTN_BATCHES = 64  # cutout batches per step (--cutn-batches)
 MAX_CANDIDATES = 256  # random starting latents tried per image (--candidates)
 HUE_TURNS = 7  # a masked edit's recoloured starts: its region's hue turned by k/8 of the wheel, k = 1..7
-REGION_CANDIDATES = 1 + HUE_TURNS  # a masked edit's starts by default: as it is and recoloured (docs/shapes_models.md)
+RECOLOURINGS = HUE_TURNS + 1  # those, then the region with its lightness flipped (pipelines.starts)
+REGION_CANDIDATES = 1 + HUE_TURNS  # a masked edit's starts by default: as it is and its hues (docs/shapes_models.md)
+SAMPLER_REGION_CANDIDATES = 1 + RECOLOURINGS  # the diffusion sampler's: all its recolourings (the most it takes)
 DEFAULT_VQGAN = "vqgan_imagenet_f16_16384"
 # CLIP-guided diffusion (pipelines.clip_guided_diffusion)
 DEFAULT_MODEL = "google/ddpm-celebahq-256"
@@ -86,14 +88,16 @@ def latent_parser(module: str, pipeline: str, add_model_arguments: ModelArgument
     return parser
 
 
-def add_start_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any], scope: str = "") -> None:
-    """--candidates and --contrast: a latent loop's best-of-N start and its CLIP loss's contrast to the empty text."""
+def add_start_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any], scope: str = "",
+                        also: str = "") -> None:
+    """--candidates and --contrast: a latent loop's best-of-N start and its CLIP loss's contrast to the empty text
+    (`also`: what --candidates does besides, for another method)."""
     parser.add_argument("--candidates", type=int, default=defaults["candidates"],
                         help=f"{scope}draw this many random starts per image and begin from the one CLIP likes best, "
                              f"1 to {MAX_CANDIDATES}; an edit inside a --mask draws its region as it is, recoloured "
-                             f"through {HUE_TURNS} hues, then random ones"
+                             f"through {HUE_TURNS} hues and with its lightness flipped, then random ones"
                              + ("" if defaults["candidates"] else
-                                f" (default: {REGION_CANDIDATES} for an edit inside a --mask, else 1)"))
+                                f" (default: {REGION_CANDIDATES} for an edit inside a --mask, else 1)") + also)
     parser.add_argument("--contrast", type=float, default=defaults["contrast"],
                         help=f"{scope}subtract this times the CLIP distance to the empty text, so that blanks and "
                              "plain fields stop scoring well (0: off)")
@@ -183,7 +187,10 @@ def clip_guided_diffusion_parser() -> CLIParser:
     noise = noise_settings()
     parser.add_argument("--iterations", type=int, default=noise["steps"],
                         help="with --method noise: optimisation steps of the starting noise")
-    add_start_arguments(parser, noise, "with --method noise: ")
+    add_start_arguments(parser, noise, "with --method noise: ",
+                        f"; with --method sampler, an edit inside a --mask starts from the best of its region as it "
+                        f"is and its {RECOLOURINGS} recolourings (1 to {SAMPLER_REGION_CANDIDATES}, default "
+                        f"{SAMPLER_REGION_CANDIDATES})")
     parser.add_argument("--scheduler", choices=sorted(SCHEDULER_NAMES), default=defaults["scheduler"],
                         help="diffusers sampler")
     parser.add_argument("--eta", type=float, default=defaults["eta"],

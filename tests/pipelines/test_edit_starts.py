@@ -1,4 +1,6 @@
-"""A masked edit's best-of-N start: its region as it is, recoloured round the hue wheel, then random latents."""
+"""A masked edit's best-of-N start: its region as it is, recoloured round the hue wheel and with its lightness
+flipped, then (for the latent loops) random latents; the diffusion sampler noises or inverts the best of the region
+and its recolourings."""
 
 from __future__ import annotations
 
@@ -11,8 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
+import pipelines.clip_guided_diffusion as clip_guided_diffusion
 import pipelines.latent_optimization as latent_optimization
-from pipelines.latent_optimization import HUE_TURNS, REGION_CANDIDATES, recoloured
+from guidance.errors import InvalidInputError
+from pipelines.clip_guided_diffusion import CLIPGuidedDiffusionPipeline
+from pipelines.parsers import HUE_TURNS, RECOLOURINGS, REGION_CANDIDATES, SAMPLER_REGION_CANDIDATES
+from pipelines.starts import lightness_flipped, recoloured, region_recolourings
 from pipelines.vqgan_clip import VQGANCLIPPipeline
 from training.shapes_world import render_shape_image
 
@@ -42,19 +48,55 @@ def test_recoloured_turns_only_the_region_evenly_round_the_hue_wheel():
     assert saturation == pytest.approx([0.8 / 0.9] * 3, abs=1e-3)  # only the hue turns
 
 
+def test_lightness_flipped_turns_dark_light_and_keeps_hue_and_mid_grey():
+    pixels = torch.tensor([[0.9, 0.1, 0.1], [0.0, 0.0, 0.0], [0.5, 0.5, 0.5], [1.0, 1.0, 1.0]]).T.reshape(1, 3, 1, 4)
+    mask = torch.tensor([1.0, 1.0, 1.0, 0.0]).view(1, 1, 1, 4)
+    flipped = lightness_flipped(pixels, mask).reshape(3, 4).T
+    assert torch.allclose(flipped[0], torch.tensor([0.1, 0.1 / 9, 0.1 / 9]), atol=1e-5)  # red -> nearly black red
+    assert torch.allclose(flipped[1], torch.ones(3)) and torch.allclose(flipped[2], torch.full((3,), 0.5))
+    assert torch.equal(flipped[3], torch.ones(3))  # outside the mask: untouched
+
+
+def test_region_recolourings_turn_the_hue_then_flip_the_lightness():
+    images = torch.rand(2, 3, 8, 8)
+    mask = torch.ones(1, 1, 8, 8)
+    pool = region_recolourings(images, mask, RECOLOURINGS)
+    assert pool.shape == (2 * RECOLOURINGS, 3, 8, 8)
+    assert torch.allclose(pool[:2 * HUE_TURNS], recoloured(images, mask, HUE_TURNS))
+    assert torch.allclose(pool[2 * HUE_TURNS:], lightness_flipped(images, mask))
+    assert region_recolourings(images, mask, 3).shape[0] == 6  # fewer: the first hue turns
+
+
+def test_recoloured_lays_out_a_batch_turn_by_turn():
+    images = torch.rand(2, 3, 8, 8)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:6, 2:6] = 1
+    turned = recoloured(images, mask, 3)
+    assert turned.shape == (6, 3, 8, 8)  # turn k of image i at row (k - 1) * 2 + i
+    for i in range(2):
+        alone = recoloured(images[i:i + 1], mask, 3)
+        assert torch.allclose(turned[i::2], alone, atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def shapes_vqgan() -> VQGANCLIPPipeline:
     """VQGAN-CLIP on the shipped shapes models."""
     return VQGANCLIPPipeline.from_pretrained("shapes-tiny", ["shapes-tiny"], device="cpu")
 
 
+def circle_in_a_square(colour: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A rendered large circle of `colour` (grey background) at `size` px, and the mask of its centre square."""
+    image = torch.from_numpy(render_shape_image(colour, "circle", image_size=size)).permute(2, 0, 1)
+    mask = torch.zeros(size, size)
+    low, high = round(0.2 * size), round(0.8 * size)
+    mask[low:high, low:high] = 1
+    return image.float().div(255).unsqueeze(0), mask
+
+
 @pytest.fixture()
 def yellow_circle() -> tuple[torch.Tensor, torch.Tensor]:
-    """A rendered large yellow circle (64 px, grey background) and the mask of its centre square."""
-    image = torch.from_numpy(render_shape_image("yellow", "circle", image_size=64)).permute(2, 0, 1)
-    mask = torch.zeros(64, 64)
-    mask[13:51, 13:51] = 1
-    return image.float().div(255).unsqueeze(0), mask
+    """A yellow circle at VQGAN-CLIP's 64 px, and the mask of its centre square."""
+    return circle_in_a_square("yellow", 64)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -63,14 +105,14 @@ def test_a_recoloured_start_lets_a_short_masked_edit_reach_the_far_side_of_the_h
     init, mask = yellow_circle
     run = dict(init_image=init, mask=mask, size=64, steps=20, cutn=8, seed=seed, progress=False, save_every=0)
     from_the_source = shapes_vqgan("a blue circle", candidates=1, **run)
-    best_start = shapes_vqgan("a blue circle", candidates=1 + HUE_TURNS, **run)
+    best_start = shapes_vqgan("a blue circle", candidates=REGION_CANDIDATES, **run)
     assert judge(from_the_source.images[0], "blue", "circle").colour in ("yellow", "orange")  # stuck near yellow
     assert judge(best_start.images[0], "blue", "circle").colour_hit
     source = np.asarray(Image.fromarray(render_shape_image("yellow", "circle", image_size=64))).astype(int)
     edited = np.asarray(best_start.images[0]).astype(int)
     outside = mask.numpy() == 0
     assert np.abs(edited[outside] - source[outside]).max() <= 1
-    assert best_start.recipe["candidates"] == 1 + HUE_TURNS and "candidates" not in from_the_source.recipe
+    assert best_start.recipe["candidates"] == REGION_CANDIDATES and "candidates" not in from_the_source.recipe
 
 
 def test_region_starts_hold_the_source_then_the_recolourings_then_random_latents(shapes_vqgan, yellow_circle,
@@ -83,19 +125,19 @@ def test_region_starts_hold_the_source_then_the_recolourings_then_random_latents
         return latents[:count]
 
     monkeypatch.setattr(latent_optimization, "best_candidates", keep_pool)
-    shapes_vqgan("a blue circle", init_image=init, mask=mask, candidates=HUE_TURNS + 3, num_images=2, size=64,
+    shapes_vqgan("a blue circle", init_image=init, mask=mask, candidates=RECOLOURINGS + 3, num_images=2, size=64,
                  steps=1, cutn=2, seed=0, progress=False, save_every=0)
     pool = pools[0]
     generator = shapes_vqgan.generator
     with torch.no_grad():
         source = generator.encode(init)
-        turned = generator.encode(recoloured(init, mask.view(1, 1, 64, 64), HUE_TURNS))
-    assert pool.shape[0] == 2 * (HUE_TURNS + 3)  # image k's candidates at rows k, k + 2, ...
+        turned = generator.encode(region_recolourings(init, mask.view(1, 1, 64, 64), RECOLOURINGS))
+    assert pool.shape[0] == 2 * (RECOLOURINGS + 3)  # image k's candidates at rows k, k + 2, ...
     assert torch.allclose(pool[0], source[0]) and torch.allclose(pool[1], source[0])
-    for k in range(HUE_TURNS):
+    for k in range(RECOLOURINGS):
         assert torch.allclose(pool[2 + 2 * k], turned[k], atol=1e-5)
         assert torch.allclose(pool[3 + 2 * k], turned[k], atol=1e-5)
-    fresh = pool[2 + 2 * HUE_TURNS:]
+    fresh = pool[2 + 2 * RECOLOURINGS:]
     assert fresh.shape[0] == 4 and not torch.allclose(fresh[0], fresh[1])
 
 
@@ -114,3 +156,89 @@ def test_a_masked_edit_draws_region_candidates_by_default_and_text_to_image_one_
     from_noise = shapes_vqgan("a blue circle", **quick)
     assert masked.recipe["candidates"] == REGION_CANDIDATES
     assert "candidates" not in from_noise.recipe  # one random start, as measured best for VQGAN-CLIP from noise
+
+
+@pytest.fixture(scope="module")
+def shapes_diffusion() -> CLIPGuidedDiffusionPipeline:
+    """CLIP-guided diffusion on the shipped unconditional shapes DDPM."""
+    return CLIPGuidedDiffusionPipeline.from_pretrained("shapes-tiny", ["shapes-tiny"], device="cpu")
+
+
+@pytest.fixture()
+def small_yellow_circle() -> tuple[torch.Tensor, torch.Tensor]:
+    """A yellow circle at the DDPM's 32 px, and the mask of its centre square."""
+    return circle_in_a_square("yellow", 32)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_recoloured_start_lets_the_samplers_masked_edit_reach_the_far_side_of_the_hue_wheel(
+        shapes_diffusion, small_yellow_circle, seed):
+    init, mask = small_yellow_circle
+    run = dict(init_image=init, mask=mask, steps=20, cutn=8, seed=seed, progress=False, save_every=0)
+    from_the_source = shapes_diffusion("a blue circle", candidates=1, **run)
+    best_start = shapes_diffusion("a blue circle", **run)
+    assert judge(from_the_source.images[0], "blue", "circle").colour in ("yellow", "orange")  # stuck near yellow
+    assert judge(best_start.images[0], "blue", "circle").colour_hit
+    source = render_shape_image("yellow", "circle", image_size=32).astype(int)
+    edited = np.asarray(best_start.images[0]).astype(int)
+    outside = mask.numpy() == 0
+    assert np.abs(edited[outside] - source[outside]).max() <= 1
+    assert best_start.recipe["candidates"] == SAMPLER_REGION_CANDIDATES and from_the_source.recipe["candidates"] == 1
+
+
+@pytest.mark.parametrize("source, target, seed", [("black", "white", 0), ("red", "black", 1)])
+def test_a_lightness_flipped_start_lets_the_samplers_masked_edit_turn_dark_light_and_light_dark(
+        shapes_diffusion, source, target, seed):
+    init, mask = circle_in_a_square(source, 32)
+    run = dict(init_image=init, mask=mask, steps=20, cutn=8, seed=seed, progress=False, save_every=0)
+    hues_only = shapes_diffusion(f"a {target} circle", candidates=1 + HUE_TURNS, **run)
+    every_recolouring = shapes_diffusion(f"a {target} circle", **run)
+    assert not judge(hues_only.images[0], target, "circle").colour_hit  # a hue turn of black is black
+    assert judge(every_recolouring.images[0], target, "circle").colour_hit
+
+
+@pytest.mark.parametrize("extra", [{"mask": "masked"}, {"mask": "auto", "source_text": "a yellow circle"}])
+def test_the_samplers_region_starts_hold_each_source_then_its_recolourings(shapes_diffusion, small_yellow_circle,
+                                                                          monkeypatch, extra):
+    init, mask = small_yellow_circle
+    pools = []
+
+    def keep_pool(images, count, losses, **kwargs):
+        pools.append(images.clone())
+        assert losses(images[:2]).shape == (2,)  # one CLIP loss per start
+        return images[:count]
+
+    monkeypatch.setattr(clip_guided_diffusion, "best_candidates", keep_pool)
+    pair = torch.cat([init, init.flip(-1)])  # two init images edited together
+    region = mask if extra["mask"] == "masked" else "auto"
+    inputs = init if region == "auto" else pair  # --mask auto finds the region of one image
+    out = shapes_diffusion("a blue circle", init_image=inputs, candidates=4, steps=2, cutn=2, seed=0, progress=False,
+                           save_every=0, **{**extra, "mask": region})
+    pool, count = pools[0], inputs.shape[0]
+    assert pool.shape[0] == 4 * count  # image k's starts at rows k, k + count, ...
+    assert torch.equal(pool[:count], inputs)
+    assert not torch.equal(pool[count:2 * count], inputs)  # the region turned
+    assert out.recipe["candidates"] == 4
+
+
+def test_the_sampler_draws_no_pool_from_noise_or_for_an_unmasked_edit(shapes_diffusion, small_yellow_circle,
+                                                                      monkeypatch):
+    init, _ = small_yellow_circle
+    monkeypatch.setattr(clip_guided_diffusion, "best_candidates", lambda *a, **k: pytest.fail("no pool expected"))
+    common = dict(steps=2, cutn=2, seed=0, progress=False, save_every=0)
+    assert "candidates" not in shapes_diffusion("a blue circle", **common).recipe
+    edit = shapes_diffusion("a blue circle", init_image=init, source_text="a yellow circle", **common)
+    assert "candidates" not in edit.recipe
+
+
+@pytest.mark.parametrize("candidates, masked, message", [
+    (2, False, "--candidates with --method sampler applies to edits inside a --mask"),
+    (SAMPLER_REGION_CANDIDATES + 1, True, "--candidates must be"),
+    (0, True, "--candidates must be"),
+])
+def test_the_sampler_refuses_candidates_it_cannot_draw(shapes_diffusion, small_yellow_circle, candidates, masked,
+                                                       message):
+    init, mask = small_yellow_circle
+    with pytest.raises(InvalidInputError, match=message):
+        shapes_diffusion("a blue circle", init_image=init, candidates=candidates, steps=2, cutn=2,
+                         **({"mask": mask} if masked else {"source_text": "a yellow circle"}))

@@ -15,7 +15,7 @@ from guidance.images import read_recipe
 from pipelines.clip_guided_diffusion import build_parser, default_method, main
 from pipelines.noise_optimization import NoiseOptimizationPipeline
 from pipelines.common import run_cli
-from pipelines.latent_optimization import best_candidates
+from pipelines.starts import best_candidates
 
 SHAPES = ["--model", "shapes-tiny", "--clip-model", "shapes-tiny", "--device", "cpu"]
 
@@ -50,11 +50,29 @@ def test_sampler_only_options_are_refused_with_noise_in_one_line(capsys, tmp_pat
     assert "--eta applies to --method sampler" in line
 
 
-@pytest.mark.parametrize("flag", ["--iterations", "--candidates", "--contrast"])
+@pytest.mark.parametrize("flag", ["--iterations", "--contrast"])
 def test_noise_only_options_are_refused_with_the_sampler_in_one_line(capsys, tmp_path, flag):
     line = one_line_error(capsys, ["a red circle", "--method", "sampler", flag, "2", *SHAPES,
                                    "-o", str(tmp_path / "x.png")])
     assert f"{flag} applies to --method noise" in line
+
+
+def test_candidates_with_the_sampler_outside_a_mask_is_one_line(capsys, tmp_path):
+    line = one_line_error(capsys, ["a red circle", "--method", "sampler", "--candidates", "2", *SHAPES,
+                                   "-o", str(tmp_path / "x.png")])
+    assert "--candidates with --method sampler applies to edits inside a --mask" in line
+
+
+def test_the_sampler_cli_passes_candidates_to_a_masked_edit(tmp_path):
+    source, mask, out = tmp_path / "source.png", tmp_path / "mask.png", tmp_path / "edit.png"
+    Image.fromarray(np.full((32, 32, 3), 128, dtype=np.uint8)).save(source)
+    Image.fromarray(np.pad(np.full((16, 16), 255, dtype=np.uint8), 8)).save(mask)
+    base = ["a red circle", "--init-image", str(source), "--mask", str(mask), "--steps", "2", "--cutn", "2",
+            "--seed", "1", *SHAPES, "--save-every", "0"]
+    assert main([*base, "--candidates", "3", "-o", str(out)]) == 0
+    assert read_recipe(out)["candidates"] == 3 and read_recipe(out)["pipeline"] == "clip_guided_diffusion"
+    assert main([*base, "-o", str(tmp_path / "default.png")]) == 0
+    assert read_recipe(tmp_path / "default.png")["candidates"] == 9  # SAMPLER_REGION_CANDIDATES when not given
 
 
 @pytest.mark.parametrize("recommends", [None, "magic"])

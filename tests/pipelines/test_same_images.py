@@ -14,7 +14,10 @@ latent-optimisation pipelines' default augmentation became 'geometric' (the fiel
 jitter, chosen by bench/meaning.py); called with augment='default', the pipeline still gives the previous PNGs
 bit for bit. vqgan-masked.png was recorded again when an edit inside a mask began to start from the best of 8
 starts (the region as it is and recoloured through 7 hues); called with candidates=1, the pipeline still gives
-the previous PNG bit for bit."""
+the previous PNG bit for bit. diffusion-masked.png was recorded again when the sampler's masked edits began to
+start from the best of 9 starts (the region as it is, its 7 hue turns and its lightness flipped): it now turns the
+red circle's square blue, where it stayed red; called with candidates=1, the pipeline still gives the previous PNG
+bit for bit."""
 
 from __future__ import annotations
 
