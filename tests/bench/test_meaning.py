@@ -22,7 +22,7 @@ from meaning import CELL, METHODS, QUICK_PROMPTS  # noqa: E402
 # 0 where it measured 0.
 MIN_COLOUR_HIT = {"vqgan_clip": 60, "pixels_clip": 60, "diffusion_sampler": 60, "diffusion_noise": 90,
                   "vqgan_masked": 90, "vqgan_directional": 30, "diffusion_masked": 60, "diffusion_inversion": 30,
-                  "noise_masked": 60, "noise_directional": 30, "vqgan_localised": 60, "diffusion_localised": 0,
+                  "noise_masked": 60, "noise_directional": 30, "vqgan_localised": 60, "diffusion_localised": 60,
                   "noise_localised": 60}
 MAX_CHANGE_OUTSIDE_MASK = 8.0  # 0-255 levels: a masked or localised (--mask auto) edit leaves the rest as it was
 
