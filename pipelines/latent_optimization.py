@@ -218,7 +218,11 @@ class LatentOptimizationPipeline:
             images = decode(latent).float()
             return images if mask_tensor is None else images * mask_tensor + init * (1 - mask_tensor)
 
-        with torch.no_grad():
+        factor = self.size_factor
+        smaller = f"{width * 3 // 4 // factor * factor}x{height * 3 // 4 // factor * factor}"
+        memory_hint = (what, f"try --size {smaller}, --cutn {max(1, cutn // 2)} with --cutn-batches "
+                             f"{cutn_batches * 2}, fewer --num-images or --precision bf16")
+        with explain_out_of_memory(*memory_hint), torch.no_grad():  # the candidates are scored here
             z_source = None
             if init is None:
                 z_init = self.generator.random_latent(num_images * candidates, height, width, generator)
@@ -262,11 +266,8 @@ class LatentOptimizationPipeline:
         best_loss = torch.full((num_images,), float("inf"), device=self.device)
         best_z = z.detach().clone()
         started = time.perf_counter()
-        factor = self.size_factor
-        smaller = f"{width * 3 // 4 // factor * factor}x{height * 3 // 4 // factor * factor}"
         bar = tqdm(range(1, steps + 1), desc=self.name.replace("_", "-"), disable=not progress, dynamic_ncols=True)
-        with explain_out_of_memory(what, f"try --size {smaller}, --cutn {max(1, cutn // 2)} with --cutn-batches "
-                                         f"{cutn_batches * 2}, fewer --num-images or --precision bf16"):
+        with explain_out_of_memory(*memory_hint):
             try:
                 for step in bar:
                     opt.zero_grad(set_to_none=True)

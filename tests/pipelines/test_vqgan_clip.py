@@ -287,13 +287,14 @@ def test_ctrl_c_saves_the_current_image(model_files, tmp_path):
     assert "Traceback" not in err
 
 
-def test_out_of_memory_names_the_size_asked_for_and_a_fix(pipe, monkeypatch):
+@pytest.mark.parametrize("candidates", [1, 4])  # 4: the error comes while the starts are scored
+def test_out_of_memory_names_the_size_asked_for_and_a_fix(pipe, monkeypatch, candidates):
     def exhausted(z):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.50 GiB (GPU 0; 8.00 GiB total)")
 
     monkeypatch.setattr(pipe.vqgan, "decode", exhausted)
     with pytest.raises(ToolkitError) as error:
-        pipe("a red circle", size=64, steps=2, cutn=8, progress=False, save_every=0)
+        pipe("a red circle", size=64, steps=2, cutn=8, candidates=candidates, progress=False, save_every=0)
     message = str(error.value)
     assert "2.50 GiB" in message and "64x64" in message and "--size 48x48" in message and "--cutn 4" in message
     assert "\n" not in message
