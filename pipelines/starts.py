@@ -37,7 +37,7 @@ def recoloured(images: torch.Tensor, mask: torch.Tensor, turns: int) -> torch.Te
     angles = torch.remainder(2 * math.pi * fractions + math.pi, 2 * math.pi) - math.pi  # kornia takes [-pi, pi]
     repeated = images.repeat(turns, 1, 1, 1)
     turned = kornia.enhance.adjust_hue(repeated, angles.repeat_interleave(count))
-    region = mask.repeat(turns, 1, 1, 1) if mask.shape[0] == count and count > 1 else mask
+    region = mask.expand(count, -1, -1, -1).repeat(turns, 1, 1, 1)  # one mask, or one per image
     return turned * region + repeated * (1 - region)
 
 
