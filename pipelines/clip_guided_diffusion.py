@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from pipelines.parsers import (DEFAULT_BACKWARD_LR, DEFAULT_CLIP_SCALE, DEFAULT_EDIT_BACKWARD_STEPS,
                                DEFAULT_MODEL, MAX_IMAGES, MAX_INVERSION_REFINE, METHODS,
-                               SAMPLER_REGION_CANDIDATES)
+                               REGION_CANDIDATES)
 from pipelines.parsers import clip_guided_diffusion_parser as build_parser
 
 if __name__ == "__main__":  # parse first: --help and usage errors answer before the heavy imports below
@@ -282,7 +282,7 @@ class CLIPGuidedDiffusionPipeline:
         `num_images` images are sampled together as one batch from the seed's noise (generation only); `keep_best`
         K returns the K of highest CLIP score against the prompt, best first (`judge_model`, default: the guiding
         models, which is optimistic). An edit inside a `mask` starts from the best, by CLIP loss, of `candidates`
-        starts: its region as it is, then recoloured (pipelines.starts; None: all, SAMPLER_REGION_CANDIDATES; 1: as
+        starts: its region as it is, then recoloured (pipelines.starts; None: all, REGION_CANDIDATES; 1: as
         it is)."""
         # 1. Check inputs: settle the plan and the guidance before any work, then seed the run.
         check_precision(precision, self.device)
@@ -479,13 +479,13 @@ class CLIPGuidedDiffusionPipeline:
 
     @staticmethod
     def _candidates(candidates: int | None, mask: Any) -> int:
-        """The starts a masked edit draws (SAMPLER_REGION_CANDIDATES when not given); other runs start from one."""
+        """The starts a masked edit draws (REGION_CANDIDATES when not given); other runs start from one."""
         if candidates is None:
-            return SAMPLER_REGION_CANDIDATES if mask is not None else 1
+            return REGION_CANDIDATES if mask is not None else 1
         if candidates != 1 and mask is None:
             raise InvalidInputError("--candidates with --method sampler applies to edits inside a --mask; "
                                     "drop it, or use --method noise")
-        check_count("--candidates", candidates, 1, SAMPLER_REGION_CANDIDATES)
+        check_count("--candidates", candidates, 1, REGION_CANDIDATES)
         return candidates
 
     def _check_memory(self, size: tuple[int, int], cutn: int, batch: int) -> None:

@@ -26,9 +26,9 @@ MAX_IMAGES = 64  # images made together in one run (--num-images)
 MAX_CUTN_BATCHES = 64  # cutout batches per step (--cutn-batches)
 MAX_CANDIDATES = 256  # random starting latents tried per image (--candidates)
 HUE_TURNS = 7  # a masked edit's recoloured starts: its region's hue turned by k/8 of the wheel, k = 1..7
-RECOLOURINGS = HUE_TURNS + 1  # those, then the region with its lightness flipped (pipelines.starts)
-REGION_CANDIDATES = 1 + HUE_TURNS  # a masked edit's starts by default: as it is and its hues (docs/shapes_models.md)
-SAMPLER_REGION_CANDIDATES = 1 + RECOLOURINGS  # the diffusion sampler's: all its recolourings (the most it takes)
+TINTS = HUE_TURNS + 1  # then the region tinted to the hues halfway between those, (k + 1/2)/8 of the wheel
+RECOLOURINGS = HUE_TURNS + 1 + TINTS  # all a region's recolourings: the hue turns, the lightness flip, the tints
+REGION_CANDIDATES = 1 + RECOLOURINGS  # a masked edit's starts by default (docs/shapes_models.md); the sampler's most
 DEFAULT_VQGAN = "vqgan_imagenet_f16_16384"
 # CLIP-guided diffusion (pipelines.clip_guided_diffusion)
 DEFAULT_MODEL = "google/ddpm-celebahq-256"
@@ -95,7 +95,8 @@ def add_start_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any
     parser.add_argument("--candidates", type=int, default=defaults["candidates"],
                         help=f"{scope}draw this many random starts per image and begin from the one CLIP likes best, "
                              f"1 to {MAX_CANDIDATES}; an edit inside a --mask draws its region as it is, recoloured "
-                             f"through {HUE_TURNS} hues and with its lightness flipped, then random ones"
+                             f"through {HUE_TURNS} hues, with its lightness flipped and tinted to {TINTS} more hues, "
+                             "then random ones"
                              + ("" if defaults["candidates"] else
                                 f" (default: {REGION_CANDIDATES} for an edit inside a --mask, else 1)") + also)
     parser.add_argument("--contrast", type=float, default=defaults["contrast"],
@@ -189,8 +190,8 @@ def clip_guided_diffusion_parser() -> CLIParser:
                         help="with --method noise: optimisation steps of the starting noise")
     add_start_arguments(parser, noise, "with --method noise: ",
                         f"; with --method sampler, an edit inside a --mask starts from the best of its region as it "
-                        f"is and its {RECOLOURINGS} recolourings (1 to {SAMPLER_REGION_CANDIDATES}, default "
-                        f"{SAMPLER_REGION_CANDIDATES})")
+                        f"is and its {RECOLOURINGS} recolourings (1 to {REGION_CANDIDATES}, default "
+                        f"{REGION_CANDIDATES})")
     parser.add_argument("--scheduler", choices=sorted(SCHEDULER_NAMES), default=defaults["scheduler"],
                         help="diffusers sampler")
     parser.add_argument("--eta", type=float, default=defaults["eta"],

@@ -2,8 +2,8 @@
 
 A masked edit that starts from its source stalls near the source's colour: a yellow circle asked to become blue
 comes out orange, a black one asked to become white stays dark. Starting from the region turned round the hue
-wheel or with its lightness flipped, and keeping whichever start CLIP likes best, lets it get there
-(docs/shapes_models.md, "Edits that start near the target").
+wheel, with its lightness flipped or tinted (a white region has no hue to turn), and keeping whichever start CLIP
+likes best, lets it get there (docs/shapes_models.md, "Edits that start near the target" and "Tinted starts").
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from typing import Callable
 import kornia
 import torch
 
-from pipelines.parsers import HUE_TURNS
+from pipelines.parsers import HUE_TURNS, TINTS
 
 CANDIDATE_CHUNK = 8  # candidates scored at once
+TINT_SATURATION = 0.6  # a tinted region's least HSV saturation: white turns pink, grey turns a muted colour
 
 
 def best_candidates(candidates: torch.Tensor, count: int, losses: Callable[[torch.Tensor], torch.Tensor],
@@ -29,16 +30,21 @@ def best_candidates(candidates: torch.Tensor, count: int, losses: Callable[[torc
     return candidates[best * count + torch.arange(count, device=candidates.device)]
 
 
+def turned(images: torch.Tensor, mask: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
+    """`images` (N, 3, H, W) with the region where `mask` is 1 turned round the hue wheel by each of `fractions`
+    (T of them, fractions of a circle): (T * N, 3, H, W), turn t of image i at row t * N + i, the rest as it was."""
+    count = images.shape[0]
+    angles = torch.remainder(2 * math.pi * fractions + math.pi, 2 * math.pi) - math.pi  # kornia takes [-pi, pi]
+    repeated = images.repeat(len(fractions), 1, 1, 1)
+    rotated = kornia.enhance.adjust_hue(repeated, angles.to(images).repeat_interleave(count))
+    region = mask.expand(count, -1, -1, -1).repeat(len(fractions), 1, 1, 1)  # one mask, or one per image
+    return rotated * region + repeated * (1 - region)
+
+
 def recoloured(images: torch.Tensor, mask: torch.Tensor, turns: int) -> torch.Tensor:
     """`images` (N, 3, H, W) with the region where `mask` is 1 turned round the hue wheel by k / (turns + 1) of a
     circle, k = 1..turns: (turns * N, 3, H, W), turn k of image i at row (k - 1) * N + i, the rest as it was."""
-    count = images.shape[0]
-    fractions = torch.arange(1, turns + 1, device=images.device, dtype=images.dtype) / (turns + 1)
-    angles = torch.remainder(2 * math.pi * fractions + math.pi, 2 * math.pi) - math.pi  # kornia takes [-pi, pi]
-    repeated = images.repeat(turns, 1, 1, 1)
-    turned = kornia.enhance.adjust_hue(repeated, angles.repeat_interleave(count))
-    region = mask.expand(count, -1, -1, -1).repeat(turns, 1, 1, 1)  # one mask, or one per image
-    return turned * region + repeated * (1 - region)
+    return turned(images, mask, torch.arange(1, turns + 1, dtype=torch.float64) / (turns + 1))
 
 
 def lightness_flipped(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -49,11 +55,23 @@ def lightness_flipped(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return flipped * mask + images * (1 - mask)
 
 
+def tinted(images: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tensor:
+    """`images` (N, 3, H, W) with the region where `mask` is 1 saturated to at least TINT_SATURATION, then turned by
+    (k + 1/2) / TINTS of a circle, k = 0..count - 1: halfway between the HUE_TURNS turns. A white or grey
+    region, which has no hue to turn, gets each hue; a coloured one gets the hues between (orange -> yellow)."""
+    hue, saturation, value = kornia.color.rgb_to_hsv(images).unbind(1)
+    saturated = kornia.color.hsv_to_rgb(torch.stack([hue, saturation.clamp(min=TINT_SATURATION), value], 1))
+    halfway = (torch.arange(count, dtype=torch.float64) + 0.5) / TINTS
+    return turned(saturated * mask + images * (1 - mask), mask, halfway)
+
+
 def region_recolourings(images: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tensor:
     """Up to `count` recolourings of each image's region, in the order a pool tries them: its hue turned through
-    HUE_TURNS steps of the wheel, then its lightness flipped; recolouring j of image i at row j * N + i."""
-    turns = min(HUE_TURNS, count)
-    parts = [recoloured(images, mask, turns)] if turns else []
+    HUE_TURNS steps of the wheel, its lightness flipped, then tinted to the TINTS hues halfway between;
+    recolouring j of image i at row j * N + i."""
+    parts = [recoloured(images, mask, min(HUE_TURNS, count))] if count else []
     if count > HUE_TURNS:
         parts.append(lightness_flipped(images, mask))
+    if count > HUE_TURNS + 1:
+        parts.append(tinted(images, mask, min(TINTS, count - HUE_TURNS - 1)))
     return torch.cat(parts)

@@ -14,6 +14,7 @@ from generators.diffusion import folder_info, random_pixel_model, save_diffusion
 from guidance.images import read_recipe
 from pipelines.clip_guided_diffusion import build_parser, default_method, main
 from pipelines.noise_optimization import NoiseOptimizationPipeline
+from pipelines.parsers import REGION_CANDIDATES
 from pipelines.common import run_cli
 from pipelines.starts import best_candidates
 
@@ -72,7 +73,7 @@ def test_the_sampler_cli_passes_candidates_to_a_masked_edit(tmp_path):
     assert main([*base, "--candidates", "3", "-o", str(out)]) == 0
     assert read_recipe(out)["candidates"] == 3 and read_recipe(out)["pipeline"] == "clip_guided_diffusion"
     assert main([*base, "-o", str(tmp_path / "default.png")]) == 0
-    assert read_recipe(tmp_path / "default.png")["candidates"] == 9  # SAMPLER_REGION_CANDIDATES when not given
+    assert read_recipe(tmp_path / "default.png")["candidates"] == REGION_CANDIDATES  # when not given
 
 
 @pytest.mark.parametrize("recommends", [None, "magic"])

@@ -17,7 +17,11 @@ starts (the region as it is and recoloured through 7 hues); called with candidat
 the previous PNG bit for bit. diffusion-masked.png was recorded again when the sampler's masked edits began to
 start from the best of 9 starts (the region as it is, its 7 hue turns and its lightness flipped): it now turns the
 red circle's square blue, where it stayed red; called with candidates=1, the pipeline still gives the previous PNG
-bit for bit."""
+bit for bit. It was recorded again when the sampler's pool added the region tinted to 8 hues halfway between the
+turns (17 starts; the hue turns' angles now come from float64 fractions, which moves the 9-start image too);
+called with candidates=1, the pipeline still gives the PNG from before the pool bit for bit. vqgan-masked.png
+was recorded again when the latent loops' default pool became the same 17 starts; called with candidates=8, the
+pipeline still gives the previous PNG bit for bit."""
 
 from __future__ import annotations
 
