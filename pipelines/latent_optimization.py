@@ -45,7 +45,7 @@ from pipelines.common import (DEFAULT_CLIP, REGION_TARGET_WEIGHT, PipelineOutput
                               check_cutouts, clean_recipe, command_line, directional_target, edit_mode, finish_cli,
                               frame_of, load_edit_inputs, parse_size, round_size, run_cli, save_partial)
 from pipelines.ranking import ranking_for
-from pipelines.starts import best_candidates, region_recolourings
+from pipelines.starts import CANDIDATE_CHUNK, best_candidates, region_recolourings
 
 OPTIMIZERS = dict(zip(OPTIMIZER_NAMES, (torch.optim.Adam, torch.optim.AdamW, torch.optim.RAdam, torch.optim.SGD,
                                          partial(torch.optim.SGD, momentum=0.9, nesterov=True)),  # ReNO's optimiser
@@ -319,7 +319,8 @@ class LatentOptimizationPipeline:
         """A masked edit's `candidates` starts for each of the N images of `z_source`, the init's latent (image k's
         at rows k, k + N, ...): the region as it is, then up to RECOLOURINGS recolourings, then random latents."""
         count, recolourings = z_source.shape[0], min(RECOLOURINGS, candidates - 1)
-        turned = self.generator.encode(region_recolourings(init, mask, recolourings))
+        recoloured = region_recolourings(init, mask, recolourings).split(CANDIDATE_CHUNK)  # encoded a chunk at a time
+        turned = torch.cat([self.generator.encode(part) for part in recoloured])
         starts = [z_source, turned.repeat_interleave(count, dim=0)]
         if candidates - 1 - recolourings:
             starts.append(self.generator.random_latent(count * (candidates - 1 - recolourings), *size, generator))

@@ -18,7 +18,8 @@ import pipelines.latent_optimization as latent_optimization
 from guidance.errors import InvalidInputError
 from pipelines.clip_guided_diffusion import CLIPGuidedDiffusionPipeline
 from pipelines.parsers import HUE_TURNS, RECOLOURINGS, REGION_CANDIDATES, TINTS
-from pipelines.starts import TINT_SATURATION, lightness_flipped, recoloured, region_recolourings, tinted
+from pipelines.starts import (CANDIDATE_CHUNK, TINT_SATURATION, lightness_flipped, recoloured, region_recolourings,
+                              tinted)
 from pipelines.vqgan_clip import VQGANCLIPPipeline
 from training.shapes_world import render_shape_image
 
@@ -179,6 +180,22 @@ def test_region_starts_hold_the_source_then_the_recolourings_then_random_latents
         assert torch.allclose(pool[3 + 2 * k], turned[k], atol=1e-5)
     fresh = pool[2 + 2 * RECOLOURINGS:]
     assert fresh.shape[0] == 4 and not torch.allclose(fresh[0], fresh[1])
+
+
+def test_the_recoloured_starts_are_encoded_a_chunk_at_a_time(shapes_vqgan, yellow_circle, monkeypatch):
+    init, mask = yellow_circle
+    generator, batches = shapes_vqgan.generator, []
+    encode = generator.encode
+
+    def counted(images):
+        batches.append(images.shape[0])
+        return encode(images)
+
+    monkeypatch.setattr(generator, "encode", counted)
+    shapes_vqgan("a blue circle", init_image=init, mask=mask, size=64, steps=1, cutn=2, seed=0, progress=False,
+                 save_every=0)
+    assert sorted(batches)[-2:] == [CANDIDATE_CHUNK, CANDIDATE_CHUNK]  # the 16 recolourings, not one batch of 16
+    assert max(batches) == CANDIDATE_CHUNK < RECOLOURINGS
 
 
 def test_an_unmasked_edit_ignores_candidates(shapes_vqgan, yellow_circle, monkeypatch):
