@@ -31,10 +31,21 @@ def timing(seconds_per_step: float) -> dict:
     return {"seconds_per_step": round(seconds_per_step, 4), "steps_per_second": round(1 / seconds_per_step, 3)}
 
 
+def cpu_name() -> str:
+    """The CPU's model name ('AMD EPYC', 'Intel(R) Xeon(R) ...'; float results differ between them), else its
+    architecture."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
+
+
 def machine() -> dict:
     """What ran the benchmark."""
-    info = {"python": platform.python_version(), "torch": torch.__version__,
-            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu": cpu_name(),
+            "threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
