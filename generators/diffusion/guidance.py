@@ -14,10 +14,15 @@ import math
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from generators.diffusion.models import DiffusionModel, TextCondition
 
 ImageLoss = Callable[[torch.Tensor], torch.Tensor]  # [0, 1] BCHW images -> scalar
+# Backward guidance moves the clean estimate on a grid this many times coarser than the sample, upsampled
+# bilinearly: at full resolution CLIP's gradient through the cutouts is pixel noise, and Adam's per-element steps
+# give every pixel a full-size move, which left a coloured speckle over the edited region (docs/shapes_models.md).
+BACKWARD_DOWNSCALE = 4
 # The guidance weight at a run's progress p (0 at its first step, 1 at its last).
 GUIDANCE_SCHEDULES: dict[str, Callable[[float], float]] = {
     "constant": lambda p: 1.0,
@@ -60,24 +65,33 @@ def guided_eps(model: DiffusionModel, x: torch.Tensor, t: int, condition: TextCo
 
 
 def backward_eps(model: DiffusionModel, x: torch.Tensor, t: int, eps: torch.Tensor, loss_fn: ImageLoss, steps: int,
-                 lr: float, weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                 lr: float, weight: float = 1.0,
+                 downscale: int = BACKWARD_DOWNSCALE) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward guidance (Universal Guidance): (noise re-derived from the optimised clean estimate, last loss).
 
     The model's clean estimate x0 of samples x at t (from their noise prediction `eps`) is moved by a delta that
     Adam at `lr` optimises for `steps` steps down `loss_fn`; `weight` scales the delta (guidance schedules). The
+    delta lives on a grid `downscale` times coarser than the sample, upsampled bilinearly (1: every element). The
     noise that gives the moved x0 at x is `eps - sqrt(alpha_bar / (1 - alpha_bar)) * delta`. A step whose loss or
     gradient is not finite leaves the delta as it was.
     """
     alpha = model.alpha_bar(t)
     x0 = model.predict_x0(x, t, eps).detach()
-    delta = torch.zeros_like(x0, requires_grad=True)
+    height, width = x0.shape[-2:]
+    coarse = (max(1, -(-height // downscale)), max(1, -(-width // downscale)))
+    delta = torch.zeros((*x0.shape[:-2], *coarse), device=x0.device, dtype=x0.dtype, requires_grad=True)
+
+    def upsampled(values: torch.Tensor) -> torch.Tensor:
+        return values if coarse == (height, width) else F.interpolate(values, size=(height, width), mode="bilinear",
+                                                                      align_corners=False)
+
     optimizer = torch.optim.Adam([delta], lr=lr)
     loss = torch.zeros((), device=x.device)
     with torch.enable_grad():
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model.to_image(x0 + delta))
+            loss = loss_fn(model.to_image(x0 + upsampled(delta)))
             grad = torch.autograd.grad(loss, delta)[0]
             delta.grad = torch.where(torch.isfinite(grad).all(), grad, torch.zeros_like(grad))
             optimizer.step()
-    return eps - (weight * (alpha / (1 - alpha)) ** 0.5) * delta.detach(), loss.detach()
+    return eps - (weight * (alpha / (1 - alpha)) ** 0.5) * upsampled(delta.detach()), loss.detach()

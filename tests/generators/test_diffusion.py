@@ -11,7 +11,7 @@ import torch
 from diffusers import DDPMPipeline
 
 from generators.diffusion import (BUILTIN_DIFFUSION_MODELS, ClipConditionedDiffusion, DiffusionModel, TextCondition,
-                                  clamp_rms, guided_eps, inversion_timesteps, known_diffusion_names, load_diffusion,
+                                  backward_eps, clamp_rms, guided_eps, inversion_timesteps, known_diffusion_names, load_diffusion,
                                   random_clip_conditioned_model, random_latent_model, random_pixel_model,
                                   save_diffusion)
 from generators.diffusion.configs import DDPM_SCHEDULER
@@ -106,6 +106,36 @@ def test_nan_gradient_is_dropped_and_finite_one_is_clamped():
     eps, _, finite = guided_eps(model, x, 400, None, lambda images: 1e6 * images.square().sum(), clamp_grad=0.05)
     shift = (eps - plain) / (1 - model.alpha_bar(400)) ** 0.5
     assert finite and torch.allclose(shift.square().mean(dim=(1, 2, 3)).sqrt(), torch.full((2,), 0.05), rtol=1e-3)
+
+
+def test_backward_guidance_moves_the_estimate_smoothly_where_the_gradient_is_pixel_noise():
+    """A loss whose gradient is pixel noise (as CLIP's through cutouts is at full resolution): Adam on every element
+    speckles the estimate; on the coarse grid the move is smooth. A smooth target (a uniform colour) is reached
+    either way. The sides need not divide by the downscale."""
+    model = random_pixel_model(seed=5)
+    x = torch.randn(1, 3, 30, 30, generator=torch.Generator().manual_seed(0))
+    plain, alpha = eps_of(model, x, 400), model.alpha_bar(400)
+    signs = torch.randint(0, 2, (1, 3, 30, 30), generator=torch.Generator().manual_seed(1)).float() * 2 - 1
+
+    def moved(loss_fn, downscale):
+        eps, _ = backward_eps(model, x, 400, plain, loss_fn, steps=5, lr=0.1, downscale=downscale)
+        assert eps.shape == plain.shape
+        return (plain - eps) / (alpha / (1 - alpha)) ** 0.5  # the move of the clean estimate
+
+    def roughness(delta):
+        return (delta.diff(dim=-1).abs().mean() + delta.diff(dim=-2).abs().mean()).item()
+
+    noise_loss = lambda images: (images * signs).sum()
+    speckle, smooth = moved(noise_loss, 1), moved(noise_loss, 4)
+    assert speckle.abs().mean() > 0.4 and roughness(speckle) > 0.6  # every pixel moved by about lr * steps
+    assert roughness(smooth) < 0.25 * roughness(speckle)
+    red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    colour_loss = lambda images: (images - red).square().mean()
+    x0 = model.predict_x0(x, 400, plain)
+    before = colour_loss(model.to_image(x0)).item()
+    for downscale in (1, 4):
+        after = colour_loss(model.to_image(x0 + moved(colour_loss, downscale))).item()
+        assert after < before - 0.1
 
 
 def test_clamp_rms_leaves_small_and_zero_gradients_alone():

@@ -28,7 +28,10 @@ between kinds and these short guided runs amplify it: on an AMD EPYC (AVX-512, n
 Intel Xeon with AMX came back with vqgan-directional 29/255 off at most (mean 2.2) and diffusion-invert 162/255
 (mean 34), while 1 against 2 torch threads on one machine moves diffusion-invert about as much. So intel-amx/ holds
 the Intel PNGs above and amd-avx512/ the AMD ones, recorded with `python tests/pipelines/test_same_images.py
---record` (one thread). A case with no PNG for this machine's kind is skipped, saying so."""
+--record` (one thread). A case with no PNG for this machine's kind is skipped, saying so. When backward guidance
+moved to a coarse grid (generators.diffusion.guidance.BACKWARD_DOWNSCALE), diffusion-masked and diffusion-invert
+were recorded again on the AMD machine; their Intel PNGs were removed, as no Intel machine was at hand to record
+them (called with downscale 1, the pipeline still gives the AMD PNGs of the previous code bit for bit)."""
 
 from __future__ import annotations
 
