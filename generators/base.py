@@ -43,6 +43,10 @@ class LatentGenerator(nn.Module, ABC):
         """Keep a latent valid after an optimiser step, in place (default: nothing to do)."""
         return latent
 
+    def keep_outside(self, images: torch.Tensor | None, mask: torch.Tensor | None) -> None:
+        """Before an edit inside `mask` (1 = change) of `images`, or with None after one: a generator that draws in
+        steps may blend the images in outside the mask at every step (default: nothing; the loop composites)."""
+
     def latent_penalty(self, latent: torch.Tensor) -> torch.Tensor:
         """A term the optimiser adds to the loss to keep the latent likely (default: none, zero)."""
         return latent.new_zeros(())

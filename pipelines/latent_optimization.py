@@ -200,6 +200,7 @@ class LatentOptimizationPipeline:
         init, mask_tensor = load_edit_inputs(init_image, mask, (width, height), self.device, self.clip_models, texts)
         if init is not None and init.shape[0] != 1:
             raise InvalidInputError(f"{self.name} edits one image at a time, got {init.shape[0]}")
+        self.generator.keep_outside(init if mask_tensor is not None else None, mask_tensor)
         fidelity = init_weight if init_weight is not None else (1.0 if source_text else 0.0)
         cutouts = MakeCutouts(clip_size, cutn=cutn, cut_pow=cut_pow, augment=augment)
         if source_text:

@@ -4,6 +4,8 @@
 a one-step model such as sd-turbo) and backpropagates through it with gradient checkpointing: each step's
 activations are recomputed in the backward pass, so memory stays flat in K. `latent_penalty` keeps the noise on
 the Gaussian shell: 0.5*|e|^2 - (d-1)*log|e|, the negative log-density of a chi-distributed norm, as in ReNO.
+For an edit inside a mask, `keep_outside` blends the source in outside the mask before every step (Blended
+Diffusion), so the sampler draws the inside to fit the rest instead of a picture of its own.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from generators.base import LatentGenerator
@@ -76,6 +79,7 @@ class NoiseGenerator(LatentGenerator):
         scale = 1.0 if cfg_scale is None else cfg_scale
         self.condition: TextCondition | None = model.condition(prompt, negative, scale)
         self.checkpointing = checkpointing
+        self.known: tuple[torch.Tensor, torch.Tensor] | None = None  # (samples, sample-sized mask) kept outside
         config = model.scheduler_config
         self.clip_range = float(config.get("clip_sample_range", 1.0)) if config.get("clip_sample") else None
 
@@ -105,10 +109,30 @@ class NoiseGenerator(LatentGenerator):
             eps = (x - alpha**0.5 * x0) / (1 - alpha) ** 0.5
         return ddim_move(x, eps, alpha, alpha_to)
 
+    @torch.no_grad()
+    def keep_outside(self, images: torch.Tensor | None, mask: torch.Tensor | None) -> None:
+        """Blended Diffusion inside the short sampler: at every step, outside `mask` (1 = change) the sample is
+        replaced by `images` noised to that step with the starting noise, so the model draws the inside to fit the
+        rest (None: sample freely)."""
+        if images is None or mask is None:
+            self.known = None
+            return
+        samples = self.model.from_image(images)
+        self.known = samples, F.adaptive_max_pool2d(mask.to(samples), samples.shape[-2:])
+
+    def _blend(self, x: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
+        """The sample at timestep t with the kept images, noised with `noise`, outside the mask."""
+        if self.known is None:
+            return x
+        samples, mask = self.known
+        return x * mask + self.model.add_noise(samples, noise, t) * (1 - mask)
+
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        """[0, 1] images sampled from the noise by K DDIM steps, each checkpointed when gradients flow."""
+        """[0, 1] images sampled from the noise by K DDIM steps, each checkpointed when gradients flow (and with
+        the kept images blended in outside their mask before each step)."""
         x = latent
         for index, t in enumerate(self.timesteps):
+            x = self._blend(x, latent, t)
             following = self.timesteps[index + 1] if index + 1 < len(self.timesteps) else None
             step = partial(self._step, t=t, alpha_to=1.0 if following is None else self.model.alpha_bar(following))
             x = checkpoint(step, x, use_reentrant=False) if self.checkpointing and torch.is_grad_enabled() else step(x)

@@ -13,6 +13,7 @@ from generators.diffusion.noise import NoiseGenerator, default_steps, norm_penal
 from generators.pixels import load_pixels
 from generators.registry import load_generator
 from guidance.errors import InvalidInputError
+from training.shapes_world import render_shape_image
 
 
 def test_norm_penalty_value_and_gradient_match_an_independent_float64_computation():
@@ -37,13 +38,19 @@ def test_norm_penalty_is_lowest_on_the_gaussian_shell():
     assert values[shell] < values[0.5 * shell] and values[shell] < values[1.5 * shell]
 
 
-def test_checkpointed_sampler_gives_the_same_gradient_as_plain_backprop():
+@pytest.mark.parametrize("kept", [False, True], ids=["free", "blended"])
+def test_checkpointed_sampler_gives_the_same_gradient_as_plain_backprop(kept):
+    """Also with images kept outside a mask (blended in before every step)."""
     model = random_pixel_model("tiny")
     noise = torch.randn(1, *model.sample_shape(32, 32), generator=torch.Generator().manual_seed(1))
     target = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 8:24, 8:24] = 1
     gradients = []
     for checkpointing in (True, False):
         generator = NoiseGenerator(model, steps=3, checkpointing=checkpointing)
+        if kept:
+            generator.keep_outside(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3)), mask)
         latent = noise.clone().requires_grad_(True)
         (generator.decode(latent) - target).square().mean().backward()
         gradients.append(latent.grad)
@@ -95,3 +102,41 @@ def test_the_registry_loads_the_shapes_ddpm_as_a_noise_generator_and_others_have
     generator = load_generator("noise", "shapes-tiny", device="cpu", steps=2)
     assert isinstance(generator, NoiseGenerator) and generator.factor == generator.model.size_factor
     assert float(load_pixels("fft").latent_penalty(torch.randn(1, 3, 4, 4))) == 0.0
+
+
+def test_kept_images_are_blended_in_outside_the_mask_so_the_inside_is_drawn_to_fit():
+    """Blended Diffusion inside the short sampler, on the shipped shapes DDPM: with the grey render of a blue
+    circle kept outside a centre square, 8 noises decode to that render outside (where free samples are their own
+    pictures) and to a grey-like ring just inside the square (where free samples draw their own backgrounds)."""
+    generator = load_generator("noise", "shapes-tiny", device="cpu", steps=4)
+    source = torch.from_numpy(render_shape_image("blue", "circle", image_size=32)).permute(2, 0, 1).float()[None] / 255
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 6:26, 6:26] = 1
+    ring = mask.bool().clone()
+    ring[..., 9:23, 9:23] = False
+    latent = generator.random_latent(8, 32, 32, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        free = generator.decode(latent)
+        generator.keep_outside(source, mask)
+        kept = generator.decode(latent)
+        generator.keep_outside(source, torch.ones(1, 1, 32, 32))  # nothing kept: the free samples, exactly
+        assert torch.equal(generator.decode(latent), free)
+        generator.keep_outside(None, None)
+        assert generator.known is None and torch.equal(generator.decode(latent), free)
+
+    def levels(difference: torch.Tensor, where: torch.Tensor) -> float:
+        return float(difference.abs().mul(255).masked_select(where.expand_as(difference)).mean())
+
+    outside = ~mask.bool()
+    assert levels(kept - source, outside) < 15 < 50 < levels(free - source, outside)
+    assert levels(kept - 0.5, ring) < 0.5 * levels(free - 0.5, ring)
+
+
+def test_a_latent_model_keeps_images_at_its_latent_size():
+    generator = NoiseGenerator(random_latent_model(seed=3), steps=2)
+    generator.keep_outside(torch.rand(1, 3, 32, 32), torch.ones(1, 1, 32, 32))
+    samples, mask = generator.known
+    channels, height, width = generator.model.sample_shape(32, 32)
+    assert samples.shape == (1, channels, height, width) and mask.shape == (1, 1, height, width) and height < 32
+    with torch.no_grad():
+        assert generator.decode(generator.random_latent(1, 32, 32)).shape == (1, 3, 32, 32)

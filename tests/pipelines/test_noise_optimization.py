@@ -174,3 +174,16 @@ def test_without_cfg_scale_both_diffusion_pipelines_use_the_scale_the_models_fol
     assert out.recipe["cfg_scale"] == 2.5
     silent = save_diffusion(random_clip_conditioned_model(1), tmp_path / "silent")
     assert load_diffusion(silent).default_cfg_scale == DEFAULT_CFG_SCALE
+
+
+def test_a_masked_edit_blends_its_source_into_the_sampler_and_the_next_call_samples_freely():
+    pipe = NoiseOptimizationPipeline.from_pretrained("shapes-tiny", ["shapes-tiny"], device="cpu")
+    source = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(32, 32)
+    mask[8:24, 8:24] = 1
+    quick = dict(steps=1, cutn=2, candidates=1, progress=False, save_every=0, seed=0)
+    pipe("a red circle", init_image=source, mask=mask, **quick)
+    samples, kept_mask = pipe.generator.known
+    assert torch.allclose(samples, source * 2 - 1, atol=1 / 255) and torch.equal(kept_mask[0, 0], mask)
+    pipe("a red circle", **quick)
+    assert pipe.generator.known is None
