@@ -47,22 +47,31 @@ def recoloured(images: torch.Tensor, mask: torch.Tensor, turns: int) -> torch.Te
     return turned(images, mask, torch.arange(1, turns + 1, dtype=torch.float64) / (turns + 1))
 
 
+HSVChange = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def hsv_changed(images: torch.Tensor, mask: torch.Tensor, change: HSVChange) -> torch.Tensor:
+    """`images` (N, 3, H, W) with the region where `mask` is 1 given the HSV channels that `change` makes of its
+    (hue, saturation, value), the rest as it was."""
+    hue, saturation, value = kornia.color.rgb_to_hsv(images).unbind(1)
+    changed = kornia.color.hsv_to_rgb(torch.stack(change(hue, saturation, value), 1))
+    return changed * mask + images * (1 - mask)
+
+
 def lightness_flipped(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """`images` (N, 3, H, W) with the region where `mask` is 1 flipped in lightness (HSV value v -> 1 - v, hue and
     saturation kept: black turns white, a bright colour nearly black, mid grey stays), the rest as it was."""
-    hue, saturation, value = kornia.color.rgb_to_hsv(images).unbind(1)
-    flipped = kornia.color.hsv_to_rgb(torch.stack([hue, saturation, 1 - value], 1))
-    return flipped * mask + images * (1 - mask)
+    return hsv_changed(images, mask, lambda hue, saturation, value: (hue, saturation, 1 - value))
 
 
 def tinted(images: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tensor:
     """`images` (N, 3, H, W) with the region where `mask` is 1 saturated to at least TINT_SATURATION, then turned by
     (k + 1/2) / TINTS of a circle, k = 0..count - 1: halfway between the HUE_TURNS turns. A white or grey
     region, which has no hue to turn, gets each hue; a coloured one gets the hues between (orange -> yellow)."""
-    hue, saturation, value = kornia.color.rgb_to_hsv(images).unbind(1)
-    saturated = kornia.color.hsv_to_rgb(torch.stack([hue, saturation.clamp(min=TINT_SATURATION), value], 1))
+    saturated = hsv_changed(images, mask, lambda hue, saturation, value: (hue, saturation.clamp(min=TINT_SATURATION),
+                                                                           value))
     halfway = (torch.arange(count, dtype=torch.float64) + 0.5) / TINTS
-    return turned(saturated * mask + images * (1 - mask), mask, halfway)
+    return turned(saturated, mask, halfway)
 
 
 def region_recolourings(images: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tensor:
