@@ -281,9 +281,9 @@ class CLIPGuidedDiffusionPipeline:
 
         `num_images` images are sampled together as one batch from the seed's noise (generation only); `keep_best`
         K returns the K of highest CLIP score against the prompt, best first (`judge_model`, default: the guiding
-        models, which is optimistic). An edit inside a `mask` starts from the best, by CLIP loss, of `candidates`
-        starts: its region as it is, then recoloured (pipelines.starts; None: all, REGION_CANDIDATES; 1: as
-        it is)."""
+        models, which is optimistic). An edit inside a `mask`, or a directional one (`source_text`), starts from the
+        best, by CLIP loss, of `candidates` starts: its region (the whole image without a mask) as it is, then
+        recoloured (pipelines.starts; None: all, REGION_CANDIDATES; 1: as it is)."""
         # 1. Check inputs: settle the plan and the guidance before any work, then seed the run.
         check_precision(precision, self.device)
         prompt, source_text, edit_strength = self._finetuned_edit(prompt, init_image, mask, source_text, skip_steps,
@@ -301,7 +301,7 @@ class CLIPGuidedDiffusionPipeline:
         check_cutouts(cutn, cut_pow)
         check_count("--save-every", save_every, 0, MAX_STEPS)
         check_count("--num-images", num_images, 1, MAX_IMAGES)
-        candidates = self._candidates(candidates, mask)
+        candidates = self._candidates(candidates, mask, source_text)
         if num_images > 1 and init_image is not None:
             raise InvalidInputError("--num-images samples several images from noise; an edit makes one per "
                                     "--init-image")
@@ -457,9 +457,10 @@ class CLIPGuidedDiffusionPipeline:
                            self.model.condition(plan.source_text), final_alpha(sampler), plan.inversion_refine)
 
     def _region_start(self, run: Run, loss_fn: GuidanceLoss, candidates: int) -> torch.Tensor:
-        """A masked edit's start, as samples: of its init images as they are and `candidates` - 1 recolourings of
-        their region, the one whose image has the lowest CLIP loss, per image."""
-        pool = torch.cat([run.init, region_recolourings(run.init, run.mask, candidates - 1)])
+        """An edit's start, as samples: of its init images as they are and `candidates` - 1 recolourings of their
+        region (the whole image without a mask), the one whose image has the lowest CLIP loss, per image."""
+        region = run.mask if run.mask is not None else torch.ones_like(run.init[:, :1])
+        pool = torch.cat([run.init, region_recolourings(run.init, region, candidates - 1)])
         best = best_candidates(pool, run.batch, lambda images: loss_fn.clip_loss(images, reduction="none"))
         return self.model.from_image(best)
 
@@ -478,13 +479,15 @@ class CLIPGuidedDiffusionPipeline:
         return self.model.add_noise(start, noise, run.timesteps[0]), condition
 
     @staticmethod
-    def _candidates(candidates: int | None, mask: Any) -> int:
-        """The starts a masked edit draws (REGION_CANDIDATES when not given); other runs start from one."""
+    def _candidates(candidates: int | None, mask: Any, source_text: str | None) -> int:
+        """The starts an edit inside a mask or a directional edit draws (REGION_CANDIDATES when not given); other
+        runs start from one."""
+        recolourable = mask is not None or bool(source_text)
         if candidates is None:
-            return REGION_CANDIDATES if mask is not None else 1
-        if candidates != 1 and mask is None:
-            raise InvalidInputError("--candidates with --method sampler applies to edits inside a --mask; "
-                                    "drop it, or use --method noise")
+            return REGION_CANDIDATES if recolourable else 1
+        if candidates != 1 and not recolourable:
+            raise InvalidInputError("--candidates with --method sampler applies to edits inside a --mask or with "
+                                    "--source-text; drop it, or use --method noise")
         check_count("--candidates", candidates, 1, REGION_CANDIDATES)
         return candidates
 
@@ -609,7 +612,7 @@ class CLIPGuidedDiffusionPipeline:
             "mask": str(mask) if isinstance(mask, (str, Path)) else None, "source_text": plan.source_text,
             "inversion_steps": (plan.inversion_steps or len(run.timesteps)) if directional else None,
             "inversion_refine": plan.inversion_refine if directional else None,
-            "candidates": candidates if run.mask is not None else None,
+            "candidates": candidates if run.mask is not None or directional else None,
             "finetuned_from": self.model.info.get("finetuned_from"), "precision": run.precision,
             "device": str(self.device),
         })

@@ -163,9 +163,9 @@ class LatentOptimizationPipeline:
         of `cutn` cutouts, backpropagated one batch at a time (memory of one batch). `grad_clip` clips each image's
         latent gradient norm; `best_step` returns each image at its lowest loss, not the last. `candidates` N draws N
         random latents per image and starts from the one whose image the CLIP loss likes best; an edit inside a
-        `mask` draws the region as it is, then its RECOLOURINGS (pipelines.starts), then random latents (a
-        directional edit without a mask starts from the source alone); None is REGION_CANDIDATES for an edit inside
-        a mask, else 1. `contrast` w subtracts w times the distance to the empty text from the CLIP loss
+        `mask`, or a directional one (`source_text`), draws its region (the whole image without a mask) as it is,
+        then its RECOLOURINGS (pipelines.starts), then random latents; None is REGION_CANDIDATES for those edits,
+        else 1. `contrast` w subtracts w times the distance to the empty text from the CLIP loss
         (guidance.CLIPLoss). `precision` 'auto' is bf16 on CUDA GPUs that support it, else fp32; `compile` runs the
         decode and the loss through torch.compile. The generator's `latent_penalty` joins the loss."""
         # 1. Check the settings, before any work.
@@ -176,8 +176,9 @@ class LatentOptimizationPipeline:
                                         mask, source_text, image_prompts, save_every)
         check_count("--num-images", num_images, 1, MAX_IMAGES)
         check_count("--cutn-batches", cutn_batches, 1, MAX_CUTN_BATCHES)
+        recolourable = mask is not None or bool(source_text)  # an edit with a target: its region may be recoloured
         if candidates is None:
-            candidates = REGION_CANDIDATES if mask is not None else 1
+            candidates = REGION_CANDIDATES if recolourable else 1
         check_count("--candidates", candidates, 1, MAX_CANDIDATES)
         if grad_clip is not None:
             check_number("--grad-clip", grad_clip, above=0)
@@ -214,7 +215,7 @@ class LatentOptimizationPipeline:
         if compile:
             decode, clip_loss = self._compiled_generator(), torch.compile(clip_loss)
         # 3. Prepare the latents: N random ones, or N copies of the init image's (N variations of one edit); with
-        #    `candidates`, each starts from the best of that many (a masked edit's: recoloured regions, then random).
+        #    `candidates`, each starts from the best of that many (an edit's: recoloured regions, then random).
         def render(latent: torch.Tensor) -> torch.Tensor:
             images = decode(latent).float()
             return images if mask_tensor is None else images * mask_tensor + init * (1 - mask_tensor)
@@ -230,8 +231,9 @@ class LatentOptimizationPipeline:
             else:
                 z_source = self.generator.encode(init)
                 z_source = z_init = z_source.expand(num_images, *z_source.shape[1:]).clone()
-                if mask_tensor is not None and candidates > 1:
-                    z_init = self._region_starts(z_source, init, mask_tensor, candidates, (height, width), generator)
+                if recolourable and candidates > 1:
+                    region = mask_tensor if mask_tensor is not None else torch.ones_like(init[:, :1])
+                    z_init = self._region_starts(z_source, init, region, candidates, (height, width), generator)
             if z_init.shape[0] > num_images:
                 with autocast(self.device, precision):
                     z_init = best_candidates(z_init, num_images, lambda z: clip_loss(render(z), reduction="none"))
@@ -247,7 +249,7 @@ class LatentOptimizationPipeline:
             "init_weight": fidelity if init is not None else None,
             "mask": str(mask) if isinstance(mask, (str, Path)) else None, "source_text": source_text,
             "grad_clip": grad_clip, "best_step": best_step or None, "keep_best": keep_best,
-            "candidates": candidates if candidates > 1 and (init is None or mask_tensor is not None) else None,
+            "candidates": candidates if candidates > 1 and (init is None or recolourable) else None,
             "contrast": contrast if contrast and not source_text else None,
             "precision": precision, "compile": compile or None, "device": str(self.device), **self.generator_recipe(),
         })
@@ -317,7 +319,7 @@ class LatentOptimizationPipeline:
 
     def _region_starts(self, z_source: torch.Tensor, init: torch.Tensor, mask: torch.Tensor, candidates: int,
                        size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
-        """A masked edit's `candidates` starts for each of the N images of `z_source`, the init's latent (image k's
+        """An edit's `candidates` starts for each of the N images of `z_source`, the init's latent (image k's
         at rows k, k + N, ...): the region as it is, then up to RECOLOURINGS recolourings, then random latents."""
         count, recolourings = z_source.shape[0], min(RECOLOURINGS, candidates - 1)
         recoloured = region_recolourings(init, mask, recolourings).split(CANDIDATE_CHUNK)  # encoded a chunk at a time

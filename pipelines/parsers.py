@@ -94,11 +94,13 @@ def add_start_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any
     (`also`: what --candidates does besides, for another method)."""
     parser.add_argument("--candidates", type=int, default=defaults["candidates"],
                         help=f"{scope}draw this many random starts per image and begin from the one CLIP likes best, "
-                             f"1 to {MAX_CANDIDATES}; an edit inside a --mask draws its region as it is, recoloured "
+                             f"1 to {MAX_CANDIDATES}; an edit inside a --mask or with --source-text draws its region "
+                             f"(the whole image without a mask) as it is, recoloured "
                              f"through {HUE_TURNS} hues, with its lightness flipped and tinted to {TINTS} more hues, "
                              "then random ones"
                              + ("" if defaults["candidates"] else
-                                f" (default: {REGION_CANDIDATES} for an edit inside a --mask, else 1)") + also)
+                                f" (default: {REGION_CANDIDATES} for an edit inside a --mask or with --source-text, else 1)")
+                             + also)
     parser.add_argument("--contrast", type=float, default=defaults["contrast"],
                         help=f"{scope}subtract this times the CLIP distance to the empty text, so that blanks and "
                              "plain fields stop scoring well (0: off)")
@@ -189,8 +191,8 @@ def clip_guided_diffusion_parser() -> CLIParser:
     parser.add_argument("--iterations", type=int, default=noise["steps"],
                         help="with --method noise: optimisation steps of the starting noise")
     add_start_arguments(parser, noise, "with --method noise: ",
-                        f"; with --method sampler, an edit inside a --mask starts from the best of its region as it "
-                        f"is and its {RECOLOURINGS} recolourings (1 to {REGION_CANDIDATES}, default "
+                        f"; with --method sampler, an edit inside a --mask or with --source-text starts from the best "
+                        f"of its region as it is and its {RECOLOURINGS} recolourings (1 to {REGION_CANDIDATES}, default "
                         f"{REGION_CANDIDATES})")
     parser.add_argument("--scheduler", choices=sorted(SCHEDULER_NAMES), default=defaults["scheduler"],
                         help="diffusers sampler")

@@ -1,6 +1,6 @@
-"""A masked edit's best-of-N start: its region as it is, recoloured round the hue wheel, with its lightness
-flipped and tinted, then (for the latent loops) random latents; the diffusion sampler noises or inverts the best
-of the region and its recolourings."""
+"""An edit's best-of-N start: its region (inside a mask, or the whole image of a directional edit) as it is,
+recoloured round the hue wheel, with its lightness flipped and tinted, then (for the latent loops) random latents;
+the diffusion sampler noises or inverts the best of the region and its recolourings."""
 
 from __future__ import annotations
 
@@ -198,12 +198,25 @@ def test_the_recoloured_starts_are_encoded_a_chunk_at_a_time(shapes_vqgan, yello
     assert max(batches) == CANDIDATE_CHUNK < RECOLOURINGS
 
 
-def test_an_unmasked_edit_ignores_candidates(shapes_vqgan, yellow_circle, monkeypatch):
+def test_an_unmasked_directional_edit_recolours_the_whole_image_and_a_plain_init_edit_draws_no_pool(
+        shapes_vqgan, yellow_circle, monkeypatch):
     init, _ = yellow_circle
+    regions = []
+
+    def recolourings(images, mask, count):
+        regions.append(mask)
+        return region_recolourings(images, mask, count)
+
+    monkeypatch.setattr(latent_optimization, "region_recolourings", recolourings)
+    quick = dict(init_image=init, size=64, steps=1, cutn=2, seed=0, progress=False, save_every=0)
+    directional = shapes_vqgan("a blue circle", source_text="a yellow circle", candidates=8, **quick)
+    assert directional.recipe["candidates"] == 8
+    assert len(regions) == 1 and torch.equal(regions[0], torch.ones(1, 1, 64, 64))  # the whole image is the region
+    assert shapes_vqgan("a blue circle", source_text="a yellow circle", **quick).recipe["candidates"] == \
+        REGION_CANDIDATES  # by default
     monkeypatch.setattr(latent_optimization, "best_candidates", lambda *a, **k: pytest.fail("no pool expected"))
-    out = shapes_vqgan("a blue circle", init_image=init, source_text="a yellow circle", candidates=8, size=64,
-                       steps=1, cutn=2, seed=0, progress=False, save_every=0)
-    assert "candidates" not in out.recipe  # the whole image starts from the source
+    plain = shapes_vqgan("a blue circle", candidates=8, **quick)
+    assert "candidates" not in plain.recipe  # an init image without a target starts from the source
 
 
 def test_a_masked_edit_draws_region_candidates_by_default_and_text_to_image_one_start(shapes_vqgan, yellow_circle):
@@ -256,6 +269,18 @@ def test_a_lightness_flipped_start_lets_the_samplers_masked_edit_turn_dark_light
 
 
 @pytest.mark.parametrize("seed", [0, 1])
+def test_a_lightness_flipped_start_lets_the_unmasked_directional_edit_turn_black_white(shapes_diffusion, seed):
+    init, _ = circle_in_a_square("black", 32)
+    run = dict(init_image=init, source_text="a black circle", steps=20, cutn=8, seed=seed, progress=False,
+               save_every=0)
+    from_the_source = shapes_diffusion("a white circle", candidates=1, **run)
+    every_recolouring = shapes_diffusion("a white circle", **run)
+    assert not judge(from_the_source.images[0], "white", "circle").colour_hit  # the inverted path stays dark
+    assert judge(every_recolouring.images[0], "white", "circle").colour_hit
+    assert every_recolouring.recipe["candidates"] == REGION_CANDIDATES
+
+
+@pytest.mark.parametrize("seed", [0, 1])
 def test_a_tinted_start_lets_the_samplers_localised_edit_turn_white_purple(shapes_diffusion, seed):
     # 30 steps: there seeds 0-3 all turn purple with the 17 starts and none with 9 (at 20 steps 2 of 4 did, the
     # others blue, with backward guidance on its coarse grid)
@@ -292,18 +317,26 @@ def test_the_samplers_region_starts_hold_each_source_then_its_recolourings(shape
     assert out.recipe["candidates"] == 4
 
 
-def test_the_sampler_draws_no_pool_from_noise_or_for_an_unmasked_edit(shapes_diffusion, small_yellow_circle,
-                                                                      monkeypatch):
+def test_the_sampler_draws_no_pool_from_noise_and_recolours_the_whole_image_of_an_unmasked_directional_edit(
+        shapes_diffusion, small_yellow_circle, monkeypatch):
     init, _ = small_yellow_circle
-    monkeypatch.setattr(clip_guided_diffusion, "best_candidates", lambda *a, **k: pytest.fail("no pool expected"))
     common = dict(steps=2, cutn=2, seed=0, progress=False, save_every=0)
-    assert "candidates" not in shapes_diffusion("a blue circle", **common).recipe
+    pools = []
+
+    def keep_pool(images, count, losses, **kwargs):
+        pools.append(images.clone())
+        return images[:count]
+
+    monkeypatch.setattr(clip_guided_diffusion, "best_candidates", keep_pool)
+    assert "candidates" not in shapes_diffusion("a blue circle", **common).recipe and not pools
     edit = shapes_diffusion("a blue circle", init_image=init, source_text="a yellow circle", **common)
-    assert "candidates" not in edit.recipe
+    assert edit.recipe["candidates"] == REGION_CANDIDATES
+    expected = torch.cat([init, region_recolourings(init, torch.ones(1, 1, 32, 32), RECOLOURINGS)])
+    assert torch.equal(pools[0], expected)  # the source, then its whole image recoloured
 
 
 @pytest.mark.parametrize("candidates, masked, message", [
-    (2, False, "--candidates with --method sampler applies to edits inside a --mask"),
+    (2, False, "--candidates with --method sampler applies to edits inside a --mask or with --source-text"),
     (REGION_CANDIDATES + 1, True, "--candidates must be"),
     (0, True, "--candidates must be"),
 ])
@@ -312,4 +345,4 @@ def test_the_sampler_refuses_candidates_it_cannot_draw(shapes_diffusion, small_y
     init, mask = small_yellow_circle
     with pytest.raises(InvalidInputError, match=message):
         shapes_diffusion("a blue circle", init_image=init, candidates=candidates, steps=2, cutn=2,
-                         **({"mask": mask} if masked else {"source_text": "a yellow circle"}))
+                         **({"mask": mask} if masked else {}))

@@ -61,7 +61,7 @@ def test_noise_only_options_are_refused_with_the_sampler_in_one_line(capsys, tmp
 def test_candidates_with_the_sampler_outside_a_mask_is_one_line(capsys, tmp_path):
     line = one_line_error(capsys, ["a red circle", "--method", "sampler", "--candidates", "2", *SHAPES,
                                    "-o", str(tmp_path / "x.png")])
-    assert "--candidates with --method sampler applies to edits inside a --mask" in line
+    assert "--candidates with --method sampler applies to edits inside a --mask or with --source-text" in line
 
 
 def test_the_sampler_cli_passes_candidates_to_a_masked_edit(tmp_path):

@@ -31,7 +31,11 @@ the Intel PNGs above and amd-avx512/ the AMD ones, recorded with `python tests/p
 --record` (one thread). A case with no PNG for this machine's kind is skipped, saying so. When backward guidance
 moved to a coarse grid (generators.diffusion.guidance.BACKWARD_DOWNSCALE), diffusion-masked and diffusion-invert
 were recorded again on the AMD machine; their Intel PNGs were removed, as no Intel machine was at hand to record
-them (called with downscale 1, the pipeline still gives the AMD PNGs of the previous code bit for bit)."""
+them (called with downscale 1, the pipeline still gives the AMD PNGs of the previous code bit for bit). When a
+directional edit without a mask began to start from the best of its 17 whole-image recolourings, vqgan-directional
+and diffusion-invert were recorded again on the AMD machine (diffusion-invert's red circle now comes out blue at 10
+steps, where it stayed red), and the Intel vqgan-directional was removed; called with candidates=1, the pipeline
+still gives the previous AMD PNGs bit for bit."""
 
 from __future__ import annotations
 
