@@ -140,3 +140,22 @@ def test_a_latent_model_keeps_images_at_its_latent_size():
     assert samples.shape == (1, channels, height, width) and mask.shape == (1, 1, height, width) and height < 32
     with torch.no_grad():
         assert generator.decode(generator.random_latent(1, 32, 32)).shape == (1, 3, 32, 32)
+
+
+def test_encode_puts_rendered_shapes_on_the_gaussian_shell():
+    """Plain DDIM inversion in the sampler's 4 long steps leaves the noise far inside the shell (RMS about 0.3),
+    where neither the sampler nor the norm regulariser expects it; the refined steps put it near RMS 1."""
+    from generators.diffusion import load_diffusion
+    from generators.diffusion.sampling import ddim_invert
+    from training.shapes_world import COLOURS, SHAPES
+
+    generator = NoiseGenerator(load_diffusion("shapes-tiny", "cpu"), 4)
+    images = torch.stack([torch.from_numpy(render_shape_image(colour, shape, image_size=32)).permute(2, 0, 1)
+                          for colour in list(COLOURS)[::2] for shape in SHAPES]).float().div(255)
+    with torch.no_grad():
+        refined = generator.encode(images)
+        plain = ddim_invert(generator.model, generator.model.from_image(images), generator.timesteps[::-1],
+                            generator.condition, 1.0)
+    rms = {name: noise.flatten(1).square().mean(1).sqrt() for name, noise in (("refined", refined), ("plain", plain))}
+    assert rms["plain"].max() < 0.5
+    assert rms["refined"].min() > 0.8 and rms["refined"].max() < 1.2
