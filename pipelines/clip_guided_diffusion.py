@@ -55,7 +55,7 @@ from pipelines.common import (DEFAULT_CLIP, REGION_TARGET_WEIGHT, InitImages, Pi
 from pipelines.noise_optimization import NoiseOptimizationPipeline
 from pipelines.ranking import ranking_for
 from pipelines.registry import PipelineSpec
-from pipelines.starts import best_candidates, region_recolourings
+from pipelines.starts import best_candidates, recolourable, region_recolourings, start_region
 
 if TYPE_CHECKING:
     from pipelines.diffusionclip import FinetuneOutput
@@ -459,8 +459,7 @@ class CLIPGuidedDiffusionPipeline:
     def _region_start(self, run: Run, loss_fn: GuidanceLoss, candidates: int) -> torch.Tensor:
         """An edit's start, as samples: of its init images as they are and `candidates` - 1 recolourings of their
         region (the whole image without a mask), the one whose image has the lowest CLIP loss, per image."""
-        region = run.mask if run.mask is not None else torch.ones_like(run.init[:, :1])
-        pool = torch.cat([run.init, region_recolourings(run.init, region, candidates - 1)])
+        pool = torch.cat([run.init, region_recolourings(run.init, start_region(run.init, run.mask), candidates - 1)])
         best = best_candidates(pool, run.batch, lambda images: loss_fn.clip_loss(images, reduction="none"))
         return self.model.from_image(best)
 
@@ -482,10 +481,9 @@ class CLIPGuidedDiffusionPipeline:
     def _candidates(candidates: int | None, mask: Any, source_text: str | None) -> int:
         """The starts an edit inside a mask or a directional edit draws (REGION_CANDIDATES when not given); other
         runs start from one."""
-        recolourable = mask is not None or bool(source_text)
         if candidates is None:
-            return REGION_CANDIDATES if recolourable else 1
-        if candidates != 1 and not recolourable:
+            return REGION_CANDIDATES if recolourable(mask, source_text) else 1
+        if candidates != 1 and not recolourable(mask, source_text):
             raise InvalidInputError("--candidates with --method sampler applies to edits inside a --mask or with "
                                     "--source-text; drop it, or use --method noise")
         check_count("--candidates", candidates, 1, REGION_CANDIDATES)

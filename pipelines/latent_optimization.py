@@ -45,7 +45,7 @@ from pipelines.common import (DEFAULT_CLIP, REGION_TARGET_WEIGHT, PipelineOutput
                               check_cutouts, clean_recipe, command_line, directional_target, edit_mode, finish_cli,
                               frame_of, load_edit_inputs, parse_size, round_size, run_cli, save_partial)
 from pipelines.ranking import ranking_for
-from pipelines.starts import CANDIDATE_CHUNK, best_candidates, region_recolourings
+from pipelines.starts import CANDIDATE_CHUNK, best_candidates, recolourable, region_recolourings, start_region
 
 OPTIMIZERS = dict(zip(OPTIMIZER_NAMES, (torch.optim.Adam, torch.optim.AdamW, torch.optim.RAdam, torch.optim.SGD,
                                          partial(torch.optim.SGD, momentum=0.9, nesterov=True)),  # ReNO's optimiser
@@ -176,9 +176,9 @@ class LatentOptimizationPipeline:
                                         mask, source_text, image_prompts, save_every)
         check_count("--num-images", num_images, 1, MAX_IMAGES)
         check_count("--cutn-batches", cutn_batches, 1, MAX_CUTN_BATCHES)
-        recolourable = mask is not None or bool(source_text)  # an edit with a target: its region may be recoloured
+        recoloured_starts = recolourable(mask, source_text)
         if candidates is None:
-            candidates = REGION_CANDIDATES if recolourable else 1
+            candidates = REGION_CANDIDATES if recoloured_starts else 1
         check_count("--candidates", candidates, 1, MAX_CANDIDATES)
         if grad_clip is not None:
             check_number("--grad-clip", grad_clip, above=0)
@@ -231,9 +231,9 @@ class LatentOptimizationPipeline:
             else:
                 z_source = self.generator.encode(init)
                 z_source = z_init = z_source.expand(num_images, *z_source.shape[1:]).clone()
-                if recolourable and candidates > 1:
-                    region = mask_tensor if mask_tensor is not None else torch.ones_like(init[:, :1])
-                    z_init = self._region_starts(z_source, init, region, candidates, (height, width), generator)
+                if recoloured_starts and candidates > 1:
+                    z_init = self._region_starts(z_source, init, start_region(init, mask_tensor), candidates,
+                                                 (height, width), generator)
             if z_init.shape[0] > num_images:
                 with autocast(self.device, precision):
                     z_init = best_candidates(z_init, num_images, lambda z: clip_loss(render(z), reduction="none"))
@@ -249,7 +249,7 @@ class LatentOptimizationPipeline:
             "init_weight": fidelity if init is not None else None,
             "mask": str(mask) if isinstance(mask, (str, Path)) else None, "source_text": source_text,
             "grad_clip": grad_clip, "best_step": best_step or None, "keep_best": keep_best,
-            "candidates": candidates if candidates > 1 and (init is None or recolourable) else None,
+            "candidates": candidates if candidates > 1 and (init is None or recoloured_starts) else None,
             "contrast": contrast if contrast and not source_text else None,
             "precision": precision, "compile": compile or None, "device": str(self.device), **self.generator_recipe(),
         })

@@ -74,6 +74,16 @@ def tinted(images: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tensor
     return turned(saturated, mask, halfway)
 
 
+def recolourable(mask: object, source_text: str | None) -> bool:
+    """Whether an edit draws recoloured starts: one inside a mask, or a directional one (it has a target)."""
+    return mask is not None or bool(source_text)
+
+
+def start_region(images: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The region an edit's starts recolour: its mask, or the whole image without one."""
+    return mask if mask is not None else torch.ones_like(images[:, :1])
+
+
 def region_recolourings(images: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tensor:
     """Up to `count` recolourings of each image's region, in the order a pool tries them: its hue turned through
     HUE_TURNS steps of the wheel, its lightness flipped, then tinted to the TINTS hues halfway between;
