@@ -48,7 +48,7 @@ from guidance.outputs import check_folder
 from guidance.prompts import Prompt, parse_prompts
 from guidance.runtime import autocast, check_precision, explain_out_of_memory, pick_device, prepare_device, resolve_seed
 from guidance.validation import MAX_STEPS, check_count, check_some_weight
-from pipelines.common import (DEFAULT_CLIP, REGION_TARGET_WEIGHT, InitImages, PipelineOutput, StepCallback,
+from pipelines.common import (DEFAULT_CLIP, TARGET_WEIGHT, InitImages, PipelineOutput, StepCallback,
                               check_batch_outputs, check_cutouts, clean_recipe, command_line, directional_target,
                               edit_mode, finish_cli, frame_of, load_edit_inputs, parse_size, round_size, run_cli,
                               save_partial)
@@ -513,7 +513,7 @@ class CLIPGuidedDiffusionPipeline:
         if plan.mode == "directional":
             clip_loss: torch.nn.Module = DirectionalCLIPLoss(
                 self.clip_models, run.init, plan.source_text, plan.target, cutouts=cutouts, l1_weight=plan.fidelity,
-                target_weight=REGION_TARGET_WEIGHT if run.mask is not None else 0.0)
+                target_weight=TARGET_WEIGHT)
         else:
             clip_loss = CLIPLoss(self.clip_models, plan.prompts, cutouts=cutouts)
         fidelity = plan.fidelity if plan.mode in ("init", "masked") else 0.0

@@ -62,11 +62,14 @@ class PipelineOutput:
 
 
 AUTO_MASK = "auto"  # --mask auto: the region CLIP relates to the source -> target text direction
-# A directional edit confined to a mask also descends the target text's own CLIP loss at this weight. Measured on
-# the shapes world, 16 recolourings with --mask auto (colour / shape hit): VQGAN-CLIP 50.0 / 37.5% with the
-# directional loss alone, 68.8 / 56.2% with the target loss alone, 62.5 / 43.8% with both; noise optimisation
-# 31.2 / 12.5%, 18.8 / 6.2% and 31.2 / 25.0%. Both together are the best sum over the two.
-REGION_TARGET_WEIGHT = 1.0
+# A directional edit also descends the target text's own CLIP loss at this weight: every edit confined to a mask,
+# and the sampler's guided DDIM inversion without one. Measured on the shapes world, 16 recolourings with --mask
+# auto (colour / shape hit): VQGAN-CLIP 50.0 / 37.5% with the directional loss alone, 68.8 / 56.2% with the target
+# loss alone, 62.5 / 43.8% with both; noise optimisation 31.2 / 12.5%, 18.8 / 6.2% and 31.2 / 25.0%. Both together
+# are the best sum over the two. Unmasked, the whole grid of the guided inversion (bench/meaning.py, 96 images)
+# goes from 83.3 / 50.0% to 93.8 / 59.4% with it (docs/shapes_models.md, "The target text in unmasked edits").
+# The latent loops weigh it lower without a mask (latent_optimization.WHOLE_IMAGE_TARGET_WEIGHT).
+TARGET_WEIGHT = 1.0
 
 
 def is_auto_mask(mask: Any) -> bool:

@@ -70,7 +70,8 @@ def latent_parser(module: str, pipeline: str, add_model_arguments: ModelArgument
                         help="an image as a target like a text prompt; repeatable")
     parser.add_argument("--init-image", default=None, help="start from this image (and edit it)")
     parser.add_argument("--init-weight", type=float, default=None,
-                        help="fidelity to the init image (default 0; 1 for --source-text edits)")
+                        help="fidelity to the init image (default 0; for --source-text edits 1 inside a --mask, "
+                        "0.3 without)")
     parser.add_argument("--mask", default=None, help=MASK_HELP)
     parser.add_argument("--source-text", default=None, help="describe the init image; the prompt is the target")
     add_many_images_arguments(parser)

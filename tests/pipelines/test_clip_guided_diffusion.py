@@ -103,7 +103,7 @@ def test_bf16_runs_on_cpu_and_fp16_is_refused(pipe):
 
 def test_directional_edit_is_guided_by_the_directional_loss(pipe, photo):
     out = pipe("a photo of a dog", size=32, steps=10, seed=0, init_image=photo, source_text="a photo of a cat", **FAST)
-    assert {"directional", "l1"} <= set(out.history[-1]) and len(out.history) == 5
+    assert {"directional", "target", "l1"} <= set(out.history[-1]) and len(out.history) == 5
     assert out.recipe["init_weight"] == 1.0 and out.recipe["source_text"] == "a photo of a cat"
 
 

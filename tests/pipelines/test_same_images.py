@@ -35,7 +35,13 @@ them (called with downscale 1, the pipeline still gives the AMD PNGs of the prev
 directional edit without a mask began to start from the best of its 17 whole-image recolourings, vqgan-directional
 and diffusion-invert were recorded again on the AMD machine (diffusion-invert's red circle now comes out blue at 10
 steps, where it stayed red), and the Intel vqgan-directional was removed; called with candidates=1, the pipeline
-still gives the previous AMD PNGs bit for bit."""
+still gives the previous AMD PNGs bit for bit. diffusion-invert was recorded again on the AMD machine when the
+sampler's unmasked directional edit began to descend the target text's own loss too (pipelines.common.TARGET_WEIGHT;
+its circle stays blue, 70/255 off at most, mean 15). vqgan-directional was recorded again on the AMD machine when
+the latent loops' unmasked directional edit began to descend the target text's loss at 0.3 and to hold to the source
+at an L1 weight of 0.3, not 1 (pipelines.latent_optimization.WHOLE_IMAGE_TARGET_WEIGHT and WHOLE_IMAGE_FIDELITY): its
+red circle now comes out blue, where it came out yellow and green; with the target weight patched to 0 and called
+with init_weight=1, the pipeline still gives the previous PNG bit for bit."""
 
 from __future__ import annotations
 
