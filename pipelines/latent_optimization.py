@@ -61,12 +61,10 @@ WHOLE_IMAGE_TARGET_WEIGHT = 0.3
 WHOLE_IMAGE_FIDELITY = 0.3
 
 
-def default_fidelity(mask: object, source_text: str | None) -> float:
-    """The L1 weight to the init image when --init-weight is not given: none for a plain or masked prompt edit, 1 for a
-    directional edit inside a mask, WHOLE_IMAGE_FIDELITY for one without."""
-    if not source_text:
-        return 0.0
-    return 1.0 if mask is not None else WHOLE_IMAGE_FIDELITY
+def directional_weights(masked: bool) -> tuple[float, float]:
+    """A directional edit's (target text weight, default L1 weight to the source): TARGET_WEIGHT and 1 inside a mask,
+    WHOLE_IMAGE_TARGET_WEIGHT and WHOLE_IMAGE_FIDELITY without."""
+    return (TARGET_WEIGHT, 1.0) if masked else (WHOLE_IMAGE_TARGET_WEIGHT, WHOLE_IMAGE_FIDELITY)
 
 
 def backward_over_cutout_batches(loss: Callable[..., torch.Tensor], images: torch.Tensor, batches: int,
@@ -219,12 +217,13 @@ class LatentOptimizationPipeline:
         if init is not None and init.shape[0] != 1:
             raise InvalidInputError(f"{self.name} edits one image at a time, got {init.shape[0]}")
         self.generator.keep_outside(init if mask_tensor is not None else None, mask_tensor)
-        fidelity = init_weight if init_weight is not None else default_fidelity(mask, source_text)
+        target_weight, directional_fidelity = directional_weights(mask_tensor is not None)
+        fidelity = init_weight if init_weight is not None else (directional_fidelity if source_text else 0.0)
         cutouts = MakeCutouts(clip_size, cutn=cutn, cut_pow=cut_pow, augment=augment)
         if source_text:
             clip_loss: torch.nn.Module = DirectionalCLIPLoss(
                 self.clip_models, init, source_text, settings["target"], cutouts=cutouts, l1_weight=fidelity,
-                target_weight=TARGET_WEIGHT if mask_tensor is not None else WHOLE_IMAGE_TARGET_WEIGHT)
+                target_weight=target_weight)
         else:
             clip_loss = CLIPLoss(self.clip_models, settings["prompts"], settings["image_prompts"], cutouts=cutouts,
                                  contrast=contrast)
