@@ -7,7 +7,7 @@ GENERATORS: dict[str, str] = {
     "pixels": "generators.pixels:load_pixels",
     "noise": "generators.diffusion.noise:load_noise",
 }
-PARAMETERIZATIONS = ("fft", "rgb")  # generators.pixels
+PARAMETERIZATIONS = ("fft", "lucid", "rgb")  # generators.pixels
 DEFAULT_SPECTRUM_DECAY = 1.0  # the fft image's amplitudes fall as 1/f^decay (Lucid's 1: natural images' spectrum)
 SCHEDULER_NAMES = ("ddim", "ddpm")  # generators.diffusion.sampling.SCHEDULERS
 # Classifier-free guidance of text-conditioned models whose folder recommends no scale (Stable Diffusion's).

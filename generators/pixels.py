@@ -1,8 +1,12 @@
 """The image itself as the generator: raw RGB pixels, or the decorrelated-colour Fourier image of Lucid and pixray.
 
-The Fourier parameterisation (`fft`) holds a spectrum whose frequencies are scaled by 1/f, mapped through
-the square root of ImageNet's colour correlation and a sigmoid; gradient steps on it move broad, natural
-colour regions instead of single pixels, which optimises far better than raw RGB (Olah et al. 2017, Lucid).
+The Fourier parameterisations hold a spectrum whose frequencies are scaled by 1/f, mapped through decorrelated
+colour axes and a sigmoid; gradient steps on it move broad, natural colour regions instead of single pixels, which
+optimises far better than raw RGB (Olah et al. 2017, Lucid). `lucid` keeps Lucid's colour map, the square root of
+ImageNet's colour correlation, whose two chroma axes are 0.28 and 0.13 times as long as the luminance axis: Adam
+steps every coordinate by about the same amount, so chroma moves 3.6 and 7.4 times more slowly and images stay pale.
+`fft` (the default) takes the same axes at equal length, so a prompt's colour is as reachable as its lightness
+(docs/shapes_models.md, "Pixels-CLIP: balanced colour axes").
 """
 
 from __future__ import annotations
@@ -17,15 +21,18 @@ from generators.names import DEFAULT_SPECTRUM_DECAY, PARAMETERIZATIONS
 from guidance.errors import InvalidInputError
 
 
-# Lucid's square root of ImageNet's colour correlation (its SVD), columns scaled to a largest norm of 1.
+# Lucid's square root of ImageNet's colour correlation (its SVD): columns luminance, then two chroma axes.
 _COLOUR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=torch.float64)
-COLOUR_CORRELATION = (_COLOUR_SQRT / _COLOUR_SQRT.norm(dim=0).max()).float()
+LUCID_COLOURS = (_COLOUR_SQRT / _COLOUR_SQRT.norm(dim=0).max()).float()  # Lucid's: column norms 1, 0.28, 0.13
+BALANCED_COLOURS = (_COLOUR_SQRT / _COLOUR_SQRT.norm(dim=0)).float()  # the same axes, each of norm 1
+COLOUR_MAPS = {"fft": BALANCED_COLOURS, "lucid": LUCID_COLOURS}  # Fourier parameterization -> its colour map
 SPECTRUM_INIT_STD = 0.01  # Lucid's starting spectrum: a nearly flat grey image
 FFT_IMAGE_SCALE = 4.0  # Lucid divides the inverse transform by 4 before the colour map
 
 
 class PixelGenerator(LatentGenerator):
-    """Pixels as the latent: `rgb` (B, 3, H, W) values in [0, 1], or `fft` a (B, 3, H, W//2+1, 2) spectrum."""
+    """Pixels as the latent: `rgb` (B, 3, H, W) values in [0, 1], or `fft` and `lucid` a (B, 3, H, W//2+1, 2)
+    spectrum (balanced or Lucid's colour axes)."""
 
     def __init__(self, parameterization: str = "fft", decay: float = DEFAULT_SPECTRUM_DECAY):
         super().__init__()
@@ -35,10 +42,11 @@ class PixelGenerator(LatentGenerator):
         if not (math.isfinite(decay) and decay >= 0):
             raise InvalidInputError(f"--spectrum-decay must be a non-negative number, got {decay}")
         if parameterization == "rgb" and decay != DEFAULT_SPECTRUM_DECAY:
-            raise InvalidInputError("--spectrum-decay applies to the fft parameterization, not rgb")
+            raise InvalidInputError("--spectrum-decay applies to the Fourier parameterizations (fft, lucid), not rgb")
         self.parameterization, self.decay = parameterization, decay
         self.name = parameterization
-        self.register_buffer("colour", COLOUR_CORRELATION.clone(), persistent=False)
+        colour = COLOUR_MAPS.get(parameterization, torch.eye(3))  # raw rgb: the identity (it only carries the device)
+        self.register_buffer("colour", colour.clone(), persistent=False)
 
     @property
     def factor(self) -> int:
@@ -47,7 +55,7 @@ class PixelGenerator(LatentGenerator):
 
     def random_latent(self, batch: int, height: int, width: int,
                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """Uniform noise pixels (`rgb`), or a small random spectrum (`fft`, a near-grey image)."""
+        """Uniform noise pixels (`rgb`), or a small random spectrum (a near-grey image)."""
         device = generator.device if generator is not None else self.colour.device
         if self.parameterization == "rgb":
             return torch.rand((batch, 3, height, width), generator=generator, device=device).to(self.colour.device)
@@ -95,6 +103,6 @@ class PixelGenerator(LatentGenerator):
 def load_pixels(name: str = "fft", device: torch.device | str | None = None,
                 spectrum_decay: float = DEFAULT_SPECTRUM_DECAY) -> PixelGenerator:
     """The pixel generator for a parameterization name: `fft` (decorrelated Fourier image, its amplitudes falling
-    as 1/f^spectrum_decay) or `rgb`."""
+    as 1/f^spectrum_decay), `lucid` (the same with Lucid's colour map) or `rgb`."""
     generator = PixelGenerator(str(name).strip(), spectrum_decay)
     return generator if device is None else generator.to(device)

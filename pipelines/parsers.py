@@ -158,10 +158,12 @@ def vqgan_arguments(parser: argparse.ArgumentParser) -> None:
 def pixels_arguments(parser: argparse.ArgumentParser) -> None:
     """The pixel generator's option (pipelines.pixels_clip)."""
     parser.add_argument("--parameterization", choices=PARAMETERIZATIONS, default="fft",
-                        help="fft: decorrelated-colour Fourier image (optimises better); rgb: raw pixels")
+                        help="fft: decorrelated-colour Fourier image, colour axes at equal scale (optimises "
+                             "best); lucid: the same with Lucid's ImageNet-scaled colour axes (paler); rgb: raw pixels")
     parser.add_argument("--spectrum-decay", type=float, default=DEFAULT_SPECTRUM_DECAY,
-                        help="fft: amplitudes fall as 1/f^D, larger is smoother (default Lucid's "
-                             f"{DEFAULT_SPECTRUM_DECAY:g}; 1.5 drew the asked colour more often with the shapes CLIP)")
+                        help="fft, lucid: amplitudes fall as 1/f^D, larger is smoother (default Lucid's "
+                             f"{DEFAULT_SPECTRUM_DECAY:g}; with lucid's map, 1.5 drew the asked colour more often "
+                             "with the shapes CLIP)")
 
 
 # --- CLIP-guided diffusion ---------------------------------------------------------------------------------------

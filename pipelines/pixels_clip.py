@@ -4,7 +4,8 @@ Python:  PixelsCLIPPipeline.from_pretrained()("a rocket on a launchpad").images[
 CLI:     python -m pipelines.pixels_clip "a red circle" --clip-model shapes-tiny --size 64
 
 The same loop, prompts, edits and options as VQGAN-CLIP, with no generator weights to download. The `fft`
-parameterization (Lucid, pixray) optimises much better than raw `rgb` pixels.
+parameterization (Lucid's and pixray's Fourier image, its colour axes at equal scale) optimises much better than
+raw `rgb` pixels; `lucid` keeps Lucid's own, paler colour map.
 """
 
 from __future__ import annotations
@@ -47,15 +48,15 @@ class PixelsCLIPPipeline(LatentOptimizationPipeline):
     def from_pretrained(cls, parameterization: str = "fft", clip_models: Sequence[str] = (DEFAULT_CLIP,),
                         device: str | torch.device | None = None,
                         spectrum_decay: float = DEFAULT_SPECTRUM_DECAY) -> "PixelsCLIPPipeline":
-        """The pixel generator (`fft`, with its spectrum's decay, or `rgb`) and CLIP models
+        """The pixel generator (`fft` or `lucid`, with its spectrum's decay, or `rgb`) and CLIP models
         (`NAME[:PRETRAINED][:WEIGHT]` specs)."""
         device = pick_device(device) if not isinstance(device, torch.device) else device
         return cls(load_pixels(parameterization, device, spectrum_decay), load_clip_ensemble(clip_models, device),
                    parameterization)
 
     def generator_recipe(self) -> dict[str, Any]:
-        """The fft image's spectrum decay."""
-        return {"spectrum_decay": self.pixels.decay} if self.pixels.parameterization == "fft" else {}
+        """A Fourier image's spectrum decay."""
+        return {"spectrum_decay": self.pixels.decay} if self.pixels.parameterization != "rgb" else {}
 
     @classmethod
     def add_model_arguments(cls, parser: argparse.ArgumentParser) -> None:

@@ -99,7 +99,7 @@ def test_cli_spectrum_decay_reaches_the_generator_and_the_recipe_and_bad_values_
     assert run_cli(main, [*args, "--parameterization", "rgb", "--spectrum-decay", "2"]) == 2
     errors = capsys.readouterr().err.strip().splitlines()[-2:]
     assert "--spectrum-decay must be a non-negative number, got -1.0" in errors[0]
-    assert "--spectrum-decay applies to the fft parameterization, not rgb" in errors[1]
+    assert "--spectrum-decay applies to the Fourier parameterizations (fft, lucid), not rgb" in errors[1]
 
 
 def test_a_batch_loads_the_fft_image_with_its_spectrum_decay_and_records_it(clip_file, tmp_path):
