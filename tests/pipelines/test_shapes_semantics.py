@@ -19,6 +19,9 @@ from training.colour_stats import colour_shares, dominant_colour
 from training.shapes_world import render_canonical
 from pipelines.vqgan_clip import VQGANCLIPPipeline
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))  # the benchmark's judge, by file name
+from judge import judge  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
 SEEDS = (0, 1, 2)
@@ -119,9 +122,6 @@ def test_pixels_clip_balanced_colour_axes_draw_the_colours_that_lucids_map_leave
     # The meaning benchmark's judge and settings (64 px, 100 steps, the CLI's 32 cutouts), seed 0. Measured on the
     # AMD VM (docs/shapes_models.md): the balanced axes (fft) hit all three colours; Lucid's map (lucid) none, its
     # pale images' white blobs outnumbering the asked colour's pixels.
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-    from judge import judge
-
     prompts = [("green", "circle"), ("blue", "square"), ("yellow", "circle")]
     hits = {}
     for parameterization in ("fft", "lucid"):
